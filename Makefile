@@ -1,0 +1,46 @@
+# Every target builds its own virtual environment from nothing (.venv), so a fresh clone needs
+# only python3 and the package registries.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+EXTRAS := test,docs,dotenv,cli,demo,vectorstores,dask,prometheus,bench
+SOURCES := zerorag_guard tests benchmarks scripts debug_memory_usage.py
+
+.PHONY: venv lint typecheck docs test test-fast bench demo clean
+
+$(BIN)/.installed: setup.cfg setup.py pyproject.toml
+	rm -rf $(VENV)
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	touch $@
+
+venv: $(BIN)/.installed
+
+lint: venv
+	$(BIN)/ruff check $(wildcard $(SOURCES))
+	$(BIN)/ruff format --check $(wildcard $(SOURCES))
+
+typecheck: venv
+	$(BIN)/mypy zerorag_guard
+
+docs: venv
+	$(BIN)/sphinx-build -W --keep-going -q -b html docs docs/_build/html
+
+# The whole suite: lint, types, docs, tests, and one smoke pass over the benchmarks (timing off).
+test: lint typecheck docs
+	$(BIN)/pytest
+	$(BIN)/pytest benchmarks --benchmark-disable -q
+
+test-fast: venv
+	$(BIN)/pytest -x -q -m "not slow and not system"
+
+# Timed benchmarks; writes docs/benchmarks.md from the JSON.
+bench: venv
+	$(BIN)/pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/latest.json -q
+
+demo: venv
+	$(BIN)/zerorag-guard report
+
+clean:
+	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache .benchmarks

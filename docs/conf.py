@@ -1,0 +1,13 @@
+"""Sphinx configuration (MyST Markdown pages)."""
+
+project = "zerorag_guard"
+author = "zerorag_guard developers"
+copyright = "2026, zerorag_guard developers"
+extensions = ["myst_parser", "sphinx.ext.autodoc", "sphinx.ext.napoleon"]
+source_suffix = {".md": "markdown", ".rst": "restructuredtext"}
+exclude_patterns = ["_build"]
+html_theme = "alabaster"
+myst_heading_anchors = 3
+autodoc_member_order = "bysource"
+autodoc_typehints = "description"
+nitpicky = False

@@ -1,0 +1,207 @@
+"""Memory readings: current RSS, and the exact peak of a window from the kernel's high-water mark.
+
+Fast path on Linux: one kept-open fd on ``/proc/self/statm`` read with ``os.pread`` (about
+1.5 µs here, against about 12 µs for ``psutil.Process().memory_info()``); psutil elsewhere.
+
+Exact window peaks: writing ``5`` to ``/proc/self/clear_refs`` resets the kernel's ``VmHWM`` to
+the current RSS, so ``VmHWM`` read later is the true peak since then, allocation spikes between
+samples included. That reset is process-wide and also changes what the kernel reports to everyone
+else (``getrusage().ru_maxrss``, ``/usr/bin/time``'s "maximum resident set size"), so the probe
+reads the old mark before every reset and keeps the process's lifetime peak itself
+(:attr:`MemoryProbe.lifetime_peak_bytes`). Where the kernel refuses, peaks fall back to the
+largest RSS reading seen in the window.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import weakref
+from typing import Callable, Optional
+
+import psutil
+
+MB = 1024 * 1024
+RssReader = Callable[[], int]
+
+
+class PeakWindow:
+    """The peak RSS between its opening and :meth:`close` (or now, while open)."""
+
+    __slots__ = ("_probe", "_peak", "closed", "__weakref__")
+
+    def __init__(self, probe: "MemoryProbe", start_bytes: int) -> None:
+        self._probe = probe
+        self._peak = start_bytes
+        self.closed = False
+
+    def note(self, rss_bytes: int) -> None:
+        """Fold in a reading taken elsewhere (the monitor's sampler does this)."""
+        if rss_bytes > self._peak:
+            self._peak = rss_bytes
+
+    def peak_bytes(self) -> int:
+        """The peak so far: exact where the kernel mark is used, else the largest reading seen."""
+        if not self.closed:
+            self.note(self._probe.current_peak_bytes())
+        return self._peak
+
+    def close(self) -> int:
+        """Stop the window and return its peak."""
+        peak = self.peak_bytes()
+        self.closed = True
+        self._probe._windows.discard(self)
+        return peak
+
+
+class MemoryProbe:
+    """Reads this process's memory; every source is injectable so tests can feed exact figures.
+
+    ``rss_reader`` replaces the RSS source entirely (and turns off the kernel peak, whose readings
+    would not match the injected ones); ``proc_root`` points the /proc readers at a fake tree.
+    """
+
+    def __init__(self, rss_reader: Optional[RssReader] = None, *, proc_root: str = "/proc",
+                 use_kernel_peak: bool = True) -> None:
+        self._proc = os.path.join(proc_root, "self")
+        self._lock = threading.Lock()
+        self._windows: "weakref.WeakSet[PeakWindow]" = weakref.WeakSet()
+        self._statm_fd: Optional[int] = None
+        self._status_fd: Optional[int] = None
+        self._page_size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+        self._injected = rss_reader is not None
+        self.lifetime_peak_bytes = 0
+        if rss_reader is not None:
+            self.rss_bytes: RssReader = rss_reader
+        elif self._open_statm():
+            self.rss_bytes = self._statm_rss
+        else:
+            self.rss_bytes = self._psutil_rss
+        self.kernel_peak = (use_kernel_peak and not self._injected and self._kernel_peak_works())
+        _live_probes.add(self)
+
+    @property
+    def source(self) -> str:
+        """Where RSS comes from: ``injected``, ``statm`` or ``psutil``."""
+        if self._injected:
+            return "injected"
+        return "statm" if self.rss_bytes == self._statm_rss else "psutil"
+
+    def rss_mb(self) -> float:
+        return self.rss_bytes() / MB
+
+    # -- fast RSS -------------------------------------------------------------------------------
+    def _open_statm(self) -> bool:
+        try:
+            self._statm_fd = os.open(os.path.join(self._proc, "statm"), os.O_RDONLY)
+            self._statm_rss()
+        except (OSError, ValueError, IndexError):
+            self._statm_fd = None
+            return False
+        return True
+
+    def _statm_rss(self) -> int:
+        # statm: size resident shared text lib data dt, in pages.
+        return int(os.pread(self._statm_fd, 128, 0).split()[1]) * self._page_size  # type: ignore[arg-type]
+
+    @staticmethod
+    def _psutil_rss() -> int:
+        return int(psutil.Process().memory_info().rss)
+
+    # -- kernel high-water mark -----------------------------------------------------------------
+    def _kernel_peak_works(self) -> bool:
+        try:
+            self._status_fd = os.open(os.path.join(self._proc, "status"), os.O_RDONLY)
+            self.lifetime_peak_bytes = max(self.lifetime_peak_bytes, self._read_hwm())
+            self._reset_kernel_mark()
+            return self._read_hwm() > 0
+        except (OSError, ValueError):
+            return False
+
+    def _read_hwm(self) -> int:
+        data = os.pread(self._status_fd, 4096, 0)  # type: ignore[arg-type]
+        start = data.index(b"VmHWM:") + 6
+        return int(data[start:data.index(b"kB", start)]) * 1024
+
+    def _reset_kernel_mark(self) -> None:
+        with open(os.path.join(self._proc, "clear_refs"), "w") as f:
+            f.write("5")
+
+    def current_peak_bytes(self) -> int:
+        """The peak since the last reset: the kernel mark, or a fresh RSS reading without it."""
+        if self.kernel_peak:
+            try:
+                return self._read_hwm()
+            except (OSError, ValueError):
+                self.kernel_peak = False
+        return self.rss_bytes()
+
+    def note(self, rss_bytes: int) -> None:
+        """Fold a sampled reading into the open windows (needed only without the kernel mark)."""
+        if not self.kernel_peak:
+            for window in list(self._windows):
+                window.note(rss_bytes)
+
+    def open_window(self) -> PeakWindow:
+        """Start measuring a peak. Costs one reset of the kernel mark (~100 µs): once a batch."""
+        with self._lock:
+            if self.kernel_peak:
+                # Another window may be open: hand it the old mark before it is wiped.
+                old = self._read_hwm()
+                for window in list(self._windows):
+                    window.note(old)
+                self.lifetime_peak_bytes = max(self.lifetime_peak_bytes, old)
+                self._reset_kernel_mark()
+            window = PeakWindow(self, self.rss_bytes())
+            self._windows.add(window)
+            return window
+
+    def lifetime_peak(self) -> int:
+        """The process's peak RSS since start, kept across the resets of the kernel mark."""
+        peak = self.current_peak_bytes() if self.kernel_peak else 0
+        if not self.kernel_peak:
+            try:
+                import resource
+
+                scale = 1 if sys.platform == "darwin" else 1024
+                peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale
+            except (ImportError, OSError):  # pragma: no cover - non-Unix
+                peak = 0
+        self.lifetime_peak_bytes = max(self.lifetime_peak_bytes, peak, self.rss_bytes())
+        return self.lifetime_peak_bytes
+
+    def close(self) -> None:
+        """Release the kept-open file descriptors."""
+        for name in ("_statm_fd", "_status_fd"):
+            fd = getattr(self, name)
+            if fd is not None:
+                setattr(self, name, None)
+                try:
+                    os.close(fd)
+                except OSError:
+                    pass
+
+    def _after_fork(self) -> None:
+        # A kept-open /proc/self fd still names the parent after fork: reopen it in the child.
+        self._lock = threading.Lock()
+        self._windows = weakref.WeakSet()
+        if self._injected:
+            return
+        self.close()
+        if not self._open_statm():
+            self.rss_bytes = self._psutil_rss
+        self.lifetime_peak_bytes = 0
+        self.kernel_peak = self.kernel_peak and self._kernel_peak_works()
+
+
+_live_probes: "weakref.WeakSet[MemoryProbe]" = weakref.WeakSet()
+
+
+def _reopen_after_fork() -> None:
+    for probe in list(_live_probes):
+        probe._after_fork()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_reopen_after_fork)
