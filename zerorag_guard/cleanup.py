@@ -64,7 +64,7 @@ def _load_malloc_trim() -> Optional[Callable[[int], int]]:
         return None
     trim.argtypes = [ctypes.c_size_t]
     trim.restype = ctypes.c_int
-    return trim  # type: ignore[no-any-return]
+    return trim
 
 
 _malloc_trim = _load_malloc_trim()
@@ -84,14 +84,15 @@ class Cleaner:
         self._started = clock()
         self.gc_seconds = 0.0
 
-    # -- registered caches -----------------------------------------------------------------------
+    # -- registered caches
     def register_cache(self, cache: Any) -> Any:
         """Register an object with ``cache_clear()`` (``functools.lru_cache``) or ``clear()``, or a
         callable that clears a cache. Returns it, so it can be used as a decorator."""
         if not (callable(cache) or hasattr(cache, "clear")):
             raise TypeError(
                 f"register_cache() takes an lru_cache, an object with clear(), or a callable; "
-                f"got {type(cache).__name__}")
+                f"got {type(cache).__name__}"
+            )
         with self._lock:
             if not any(c is cache for c in self._caches):
                 self._caches.append(cache)
@@ -121,7 +122,7 @@ class Cleaner:
                 logger.exception("registered cache clearer %r failed; continuing", cache)
         return cleared
 
-    # -- GC time budget ----------------------------------------------------------------------------
+    # -- GC time budget
     def gc_share(self) -> float:
         """Fraction of wall time since start spent in routine (light and standard) GC."""
         elapsed = max(self._clock() - self._started, 1e-9)
@@ -130,7 +131,7 @@ class Cleaner:
     def within_gc_budget(self, budget: float) -> bool:
         return self.gc_share() <= budget
 
-    # -- strategies ----------------------------------------------------------------------------------
+    # -- strategies
     def run(self, strategy: str, trim: Optional[Trim] = None) -> CleanupResult:
         """Run one strategy now, in this thread."""
         if strategy not in STRATEGIES:
@@ -169,10 +170,16 @@ class Cleaner:
         seconds = time.perf_counter() - start
         if strategy != "aggressive":
             self.gc_seconds += seconds
-        result = CleanupResult(strategy, before, self._rss(), collected, seconds, caches, trimmed,
-                               trimmed_malloc)
-        logger.debug("cleanup %s: freed %.1f MB, %d objects, %.1f ms", strategy,
-                     result.freed_bytes / 2**20, collected, seconds * 1000)
+        result = CleanupResult(
+            strategy, before, self._rss(), collected, seconds, caches, trimmed, trimmed_malloc
+        )
+        logger.debug(
+            "cleanup %s: freed %.1f MB, %d objects, %.1f ms",
+            strategy,
+            result.freed_bytes / 2**20,
+            collected,
+            seconds * 1000,
+        )
         return result
 
 
@@ -182,7 +189,7 @@ class CleanupWorker:
 
     def __init__(self, run: Callable[[str], Any], maxsize: int) -> None:
         self._run = run
-        self._queue: "queue.Queue[Optional[str]]" = queue.Queue(maxsize)
+        self._queue: queue.Queue[Optional[str]] = queue.Queue(maxsize)
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
         self.completed = 0
@@ -197,8 +204,9 @@ class CleanupWorker:
     def submit(self, strategy: str) -> bool:
         with self._lock:
             if not self.alive:
-                self._thread = threading.Thread(target=self._loop, name="zerorag-guard-cleanup",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="zerorag-guard-cleanup", daemon=True
+                )
                 self._thread.start()
         try:
             self._queue.put_nowait(strategy)

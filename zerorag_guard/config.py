@@ -44,11 +44,26 @@ _UNITS_MB = {
 }
 
 
-def _spec(default: Any, env: str, expected: str, kind: type = float, low: float = 0.0,
-          high: float = MAX_MB, low_inclusive: bool = False) -> Any:
-    return field(default=default, metadata={
-        "env": env, "expected": expected, "kind": kind, "low": low, "high": high,
-        "low_inclusive": low_inclusive})
+def _spec(
+    default: Any,
+    env: str,
+    expected: str,
+    kind: type = float,
+    low: float = 0.0,
+    high: float = MAX_MB,
+    low_inclusive: bool = False,
+) -> Any:
+    return field(
+        default=default,
+        metadata={
+            "env": env,
+            "expected": expected,
+            "kind": kind,
+            "low": low,
+            "high": high,
+            "low_inclusive": low_inclusive,
+        },
+    )
 
 
 @dataclass(frozen=True)
@@ -60,70 +75,138 @@ class GuardConfig:
     """
 
     threshold_mb: float = _spec(1000.0, "MEMORY_THRESHOLD_MB", "a size in MB above 0, e.g. 1000")
-    critical_threshold_mb: float = _spec(1200.0, 
-        "MEMORY_CRITICAL_THRESHOLD_MB", "a size in MB above MEMORY_THRESHOLD_MB, e.g. 1200")
-    gc_interval_seconds: float = _spec(180.0, 
-        "GC_INTERVAL_SECONDS", "seconds between 0 and 86400, e.g. 180", high=86400.0)
-    batch_size: int = _spec(100, 
-        "BATCH_SIZE", "a whole number from 1 to 10000000, e.g. 100", int, 1, 10_000_000, True)
-    sample_interval: float = _spec(0.1, 
-        PREFIX + "SAMPLE_INTERVAL", "seconds from 0.001 to 60, e.g. 0.1", float, 0.001, 60.0, True)
-    preventive_ratio: float = _spec(0.8, 
-        PREFIX + "PREVENTIVE_RATIO", "a fraction of the main threshold between 0 and 1, e.g. 0.8",
-        high=0.999)
-    hysteresis_ratio: float = _spec(0.05, 
+    critical_threshold_mb: float = _spec(
+        1200.0, "MEMORY_CRITICAL_THRESHOLD_MB", "a size in MB above MEMORY_THRESHOLD_MB, e.g. 1200"
+    )
+    gc_interval_seconds: float = _spec(
+        180.0, "GC_INTERVAL_SECONDS", "seconds between 0 and 86400, e.g. 180", high=86400.0
+    )
+    batch_size: int = _spec(
+        100, "BATCH_SIZE", "a whole number from 1 to 10000000, e.g. 100", int, 1, 10_000_000, True
+    )
+    sample_interval: float = _spec(
+        0.1,
+        PREFIX + "SAMPLE_INTERVAL",
+        "seconds from 0.001 to 60, e.g. 0.1",
+        float,
+        0.001,
+        60.0,
+        True,
+    )
+    preventive_ratio: float = _spec(
+        0.8,
+        PREFIX + "PREVENTIVE_RATIO",
+        "a fraction of the main threshold between 0 and 1, e.g. 0.8",
+        high=0.999,
+    )
+    hysteresis_ratio: float = _spec(
+        0.05,
         PREFIX + "HYSTERESIS_RATIO",
         "a fraction from 0 to 0.5: a level is left only below threshold x (1 - ratio), e.g. 0.05",
-        float, 0.0, 0.5, True)
-    history_size: int = _spec(3000, 
-        PREFIX + "HISTORY_SIZE", "a whole number of samples from 10 to 10000000, e.g. 3000",
-        int, 10, 10_000_000, True)
-    alert_history_size: int = _spec(200, 
-        PREFIX + "ALERT_HISTORY_SIZE", "a whole number from 1 to 1000000, e.g. 200",
-        int, 1, 1_000_000, True)
-    operation_history_size: int = _spec(1000, 
-        PREFIX + "OPERATION_HISTORY_SIZE", "a whole number from 1 to 1000000, e.g. 1000",
-        int, 1, 1_000_000, True)
-    cleanup_cooldown_seconds: float = _spec(5.0, 
-        PREFIX + "CLEANUP_COOLDOWN_SECONDS", "seconds from 0 to 3600, e.g. 5",
-        float, 0.0, 3600.0, True)
-    aggressive_cooldown_seconds: float = _spec(15.0, 
-        PREFIX + "AGGRESSIVE_COOLDOWN_SECONDS", "seconds from 0 to 3600, e.g. 15",
-        float, 0.0, 3600.0, True)
-    cleanup_queue_size: int = _spec(4, 
-        PREFIX + "CLEANUP_QUEUE_SIZE", "a whole number from 1 to 10000, e.g. 4", int, 1, 10_000, True)
-    gc_time_budget: float = _spec(0.05, 
+        float,
+        0.0,
+        0.5,
+        True,
+    )
+    history_size: int = _spec(
+        3000,
+        PREFIX + "HISTORY_SIZE",
+        "a whole number of samples from 10 to 10000000, e.g. 3000",
+        int,
+        10,
+        10_000_000,
+        True,
+    )
+    alert_history_size: int = _spec(
+        200,
+        PREFIX + "ALERT_HISTORY_SIZE",
+        "a whole number from 1 to 1000000, e.g. 200",
+        int,
+        1,
+        1_000_000,
+        True,
+    )
+    operation_history_size: int = _spec(
+        1000,
+        PREFIX + "OPERATION_HISTORY_SIZE",
+        "a whole number from 1 to 1000000, e.g. 1000",
+        int,
+        1,
+        1_000_000,
+        True,
+    )
+    cleanup_cooldown_seconds: float = _spec(
+        5.0,
+        PREFIX + "CLEANUP_COOLDOWN_SECONDS",
+        "seconds from 0 to 3600, e.g. 5",
+        float,
+        0.0,
+        3600.0,
+        True,
+    )
+    aggressive_cooldown_seconds: float = _spec(
+        15.0,
+        PREFIX + "AGGRESSIVE_COOLDOWN_SECONDS",
+        "seconds from 0 to 3600, e.g. 15",
+        float,
+        0.0,
+        3600.0,
+        True,
+    )
+    cleanup_queue_size: int = _spec(
+        4,
+        PREFIX + "CLEANUP_QUEUE_SIZE",
+        "a whole number from 1 to 10000, e.g. 4",
+        int,
+        1,
+        10_000,
+        True,
+    )
+    gc_time_budget: float = _spec(
+        0.05,
         PREFIX + "GC_TIME_BUDGET",
         "the largest fraction of wall time spent in routine GC, above 0 up to 1, e.g. 0.05",
-        float, 0.0, 1.0)
-    slow_operation_seconds: float = _spec(60.0, 
-        PREFIX + "SLOW_OPERATION_SECONDS", "seconds above 0, e.g. 60", high=7 * 86400.0)
-    error_rate_threshold: float = _spec(0.2, 
-        PREFIX + "ERROR_RATE_THRESHOLD", "a fraction above 0 up to 1, e.g. 0.2", high=1.0)
-    use_kernel_peak: bool = _spec(True, 
-        PREFIX + "USE_KERNEL_PEAK", "a boolean (1/0, true/false, yes/no, on/off)", bool)
-    control_socket: bool = _spec(True, 
-        PREFIX + "CONTROL_SOCKET", "a boolean (1/0, true/false, yes/no, on/off)", bool)
+        float,
+        0.0,
+        1.0,
+    )
+    slow_operation_seconds: float = _spec(
+        60.0, PREFIX + "SLOW_OPERATION_SECONDS", "seconds above 0, e.g. 60", high=7 * 86400.0
+    )
+    error_rate_threshold: float = _spec(
+        0.2, PREFIX + "ERROR_RATE_THRESHOLD", "a fraction above 0 up to 1, e.g. 0.2", high=1.0
+    )
+    use_kernel_peak: bool = _spec(
+        True, PREFIX + "USE_KERNEL_PEAK", "a boolean (1/0, true/false, yes/no, on/off)", bool
+    )
+    control_socket: bool = _spec(
+        True, PREFIX + "CONTROL_SOCKET", "a boolean (1/0, true/false, yes/no, on/off)", bool
+    )
 
     def __post_init__(self) -> None:
+        given = self.critical_threshold_mb  # report the value as given ("1 GB"), not as parsed
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(f, getattr(self, f.name)))
         if self.critical_threshold_mb <= self.threshold_mb:
             raise ConfigError(
-                "MEMORY_CRITICAL_THRESHOLD_MB", self.critical_threshold_mb,
-                f"a size above MEMORY_THRESHOLD_MB ({self.threshold_mb:g} MB)")
+                "MEMORY_CRITICAL_THRESHOLD_MB",
+                given,
+                f"a size above MEMORY_THRESHOLD_MB ({self.threshold_mb:g} MB)",
+            )
 
     @property
     def preventive_threshold_mb(self) -> float:
         """The first threshold: ``preventive_ratio`` of the main one (80% by default)."""
         return self.threshold_mb * self.preventive_ratio
 
-    def replace(self, **changes: Any) -> "GuardConfig":
-        """A copy with ``changes`` applied and validated; unknown names raise :class:`ConfigError`."""
+    def replace(self, **changes: Any) -> GuardConfig:
+        """A copy with ``changes`` applied and validated; unknown names: :class:`ConfigError`."""
         names = {f.name for f in dataclasses.fields(self)}
         for key in changes:
             if key not in names:
-                raise ConfigError(key, changes[key], "one of the settings " + ", ".join(sorted(names)))
+                raise ConfigError(
+                    key, changes[key], "one of the settings " + ", ".join(sorted(names))
+                )
         return GuardConfig(**{**dataclasses.asdict(self), **changes})
 
     def to_dict(self) -> dict[str, Any]:
@@ -133,8 +216,11 @@ class GuardConfig:
         return out
 
     @classmethod
-    def from_env(cls, environ: Optional[Mapping[str, str]] = None,
-                 dotenv_path: "Optional[str | os.PathLike[str]]" = None) -> "GuardConfig":
+    def from_env(
+        cls,
+        environ: Optional[Mapping[str, str]] = None,
+        dotenv_path: Optional[str | os.PathLike[str]] = None,
+    ) -> GuardConfig:
         """Read the settings from ``environ`` (default ``os.environ``) over a ``.env`` file.
 
         The ``.env`` file is ``dotenv_path`` or, when not given, ``.env`` in the working
@@ -151,7 +237,7 @@ class GuardConfig:
             if key.startswith(PREFIX) and key not in by_env:
                 known = ", ".join(sorted(k for k in by_env if k.startswith(PREFIX)))
                 raise ConfigError(key, env[key], f"no such setting; known: {known}")
-        values = {name: env[var] for var, name in by_env.items() if var in env}
+        values: dict[str, Any] = {name: env[var] for var, name in by_env.items() if var in env}
         return cls(**values)
 
 
@@ -161,13 +247,16 @@ def _read_dotenv(path: Path) -> dict[str, str]:
     try:
         from dotenv import dotenv_values
     except ImportError:  # pragma: no cover - exercised only without the extra
-        logger.warning("%s exists but python-dotenv is not installed "
-                       "(pip install 'zerorag_guard[dotenv]'); it is ignored", path)
+        logger.warning(
+            "%s exists but python-dotenv is not installed "
+            "(pip install 'zerorag_guard[dotenv]'); it is ignored",
+            path,
+        )
         return {}
     return {k: v for k, v in dotenv_values(path).items() if v is not None}
 
 
-def _check(f: "dataclasses.Field[Any]", value: Any) -> Any:
+def _check(f: dataclasses.Field[Any], value: Any) -> Any:
     meta = f.metadata
     env, expected, kind = meta["env"], meta["expected"], meta["kind"]
     if kind is bool:
@@ -209,8 +298,9 @@ def _as_int(value: Any, env: str, expected: str) -> int:
     raise ConfigError(env, value, expected)
 
 
-def parse_size_mb(value: Any, name: str = "size",
-                  expected: str = "a size such as 512, '512 MB' or '1.5 GB'") -> float:
+def parse_size_mb(
+    value: Any, name: str = "size", expected: str = "a size such as 512, '512 MB' or '1.5 GB'"
+) -> float:
     """A size in MB from a number (already MB) or a string with a unit: ``"200 MB"``, ``"1.5GiB"``.
 
     Units are binary whatever their spelling (1 GB = 1024 MB), as memory limits are.
@@ -244,7 +334,7 @@ def parse_bool(value: Any, name: str) -> bool:
     raise ConfigError(name, value, "a boolean (1/0, true/false, yes/no, on/off)")
 
 
-# (at least this much memory in MB, threshold, critical, batch size, GC interval): the guide's table.
+# The guide's table: (at least this much memory in MB, threshold, critical, batch, GC interval).
 _RECOMMENDATIONS = (
     (16 * 1024, 1200.0, 1500.0, 150, 300.0),
     (8 * 1024, 1000.0, 1200.0, 100, 180.0),
@@ -263,9 +353,17 @@ def recommend_config(total_mb: float) -> GuardConfig:
     total = parse_size_mb(total_mb, "total_mb", "the machine's memory in MB, above 0")
     for floor, main, critical, batch, gc_s in _RECOMMENDATIONS:
         if total >= floor:
-            return GuardConfig(threshold_mb=main, critical_threshold_mb=critical,
-                               batch_size=batch, gc_interval_seconds=gc_s)
+            return GuardConfig(
+                threshold_mb=main,
+                critical_threshold_mb=critical,
+                batch_size=batch,
+                gc_interval_seconds=gc_s,
+            )
     _, main, critical, batch, gc_s = _RECOMMENDATIONS[-1]
     scale = total / (4 * 1024)
-    return GuardConfig(threshold_mb=main * scale, critical_threshold_mb=critical * scale,
-                       batch_size=max(1, round(batch * scale)), gc_interval_seconds=gc_s)
+    return GuardConfig(
+        threshold_mb=main * scale,
+        critical_threshold_mb=critical * scale,
+        batch_size=max(1, round(batch * scale)),
+        gc_interval_seconds=gc_s,
+    )

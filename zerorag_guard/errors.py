@@ -22,8 +22,14 @@ class MemoryBudgetExceeded(MemoryError):
     ``items[processed:]`` is exactly what is left to do.
     """
 
-    def __init__(self, rss_mb: float, limit_mb: float, processed: int = 0,
-                 level: Optional[str] = None, name: Optional[str] = None) -> None:
+    def __init__(
+        self,
+        rss_mb: float,
+        limit_mb: float,
+        processed: int = 0,
+        level: Optional[str] = None,
+        name: Optional[str] = None,
+    ) -> None:
         self.rss_mb = rss_mb
         self.limit_mb = limit_mb
         self.processed = processed
@@ -32,4 +38,5 @@ class MemoryBudgetExceeded(MemoryError):
         where = f" in {name!r}" if name else ""
         super().__init__(
             f"memory budget exceeded{where}: {rss_mb:.1f} MB used, limit {limit_mb:.1f} MB "
-            f"(level {level}); {processed} items processed, resume from there")
+            f"(level {level}); {processed} items processed, resume from there"
+        )

@@ -8,7 +8,7 @@ from typing import Any, NamedTuple
 
 
 class Level(enum.IntEnum):
-    """How close memory is to the thresholds; ordered, so ``level >= Level.HIGH`` reads naturally."""
+    """How close memory is to the thresholds; ordered, so ``level >= Level.HIGH`` reads well."""
 
     NORMAL = 0
     PREVENTIVE = 1
@@ -20,14 +20,18 @@ class Level(enum.IntEnum):
 
 
 #: The cleanup each level calls for (progressive: light → standard → aggressive).
-CLEANUP_FOR_LEVEL = {Level.PREVENTIVE: "light", Level.HIGH: "standard", Level.CRITICAL: "aggressive"}
+CLEANUP_FOR_LEVEL = {
+    Level.PREVENTIVE: "light",
+    Level.HIGH: "standard",
+    Level.CRITICAL: "aggressive",
+}
 #: The alert severity raised when memory enters a level.
 SEVERITY_FOR_LEVEL = {Level.PREVENTIVE: "medium", Level.HIGH: "high", Level.CRITICAL: "critical"}
 SEVERITIES = ("info", "medium", "high", "critical")
 
 
 class Sample(NamedTuple):
-    """One reading: monotonic ``time`` in seconds, ``rss_mb``, and the level it left the monitor in."""
+    """One reading: monotonic ``time`` in seconds, ``rss_mb``, and the level it led to."""
 
     time: float
     rss_mb: float

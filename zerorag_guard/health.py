@@ -76,8 +76,12 @@ def leak_trend(after_cleanup: list[tuple[float, float]]) -> Optional[dict[str, f
     per_min = slope * 60.0
     if per_min < LEAK_SLOPE_MB_PER_MIN or r2 < LEAK_MIN_R2:
         return None
-    return {"slope_mb_per_min": round(per_min, 2), "r2": round(r2, 3),
-            "cleanups": len(after_cleanup), "span_seconds": round(span, 1)}
+    return {
+        "slope_mb_per_min": round(per_min, 2),
+        "r2": round(r2, 3),
+        "cleanups": len(after_cleanup),
+        "span_seconds": round(span, 1),
+    }
 
 
 def build(s: Snapshot) -> dict[str, Any]:
@@ -88,19 +92,27 @@ def build(s: Snapshot) -> dict[str, Any]:
     issues: list[str] = []
     score = 100 - _LEVEL_PENALTY[s.sample.level]
     if s.sample.level > Level.NORMAL:
-        issues.append(f"memory level {s.sample.level.name}: {rss:.1f} MB "
-                      f"(main threshold {cfg.threshold_mb:.0f} MB)")
+        issues.append(
+            f"memory level {s.sample.level.name}: {rss:.1f} MB "
+            f"(main threshold {cfg.threshold_mb:.0f} MB)"
+        )
     if rss > 0.9 * limit_mb:
         score -= 20
-        issues.append(f"RSS {rss:.1f} MB is above 90% of the effective limit "
-                      f"{limit_mb:.0f} MB ({s.limit.source})")
-    for name, value in (("MEMORY_THRESHOLD_MB", cfg.threshold_mb),
-                        ("MEMORY_CRITICAL_THRESHOLD_MB", cfg.critical_threshold_mb)):
+        issues.append(
+            f"RSS {rss:.1f} MB is above 90% of the effective limit "
+            f"{limit_mb:.0f} MB ({s.limit.source})"
+        )
+    for name, value in (
+        ("MEMORY_THRESHOLD_MB", cfg.threshold_mb),
+        ("MEMORY_CRITICAL_THRESHOLD_MB", cfg.critical_threshold_mb),
+    ):
         if value > limit_mb:
             score -= 15
-            issues.append(f"{name}={value:g} MB is above the effective limit {limit_mb:.0f} MB "
-                          f"({s.limit.source} {s.limit.detail}): the job would be killed before "
-                          "the guard acts")
+            issues.append(
+                f"{name}={value:g} MB is above the effective limit {limit_mb:.0f} MB "
+                f"({s.limit.source} {s.limit.detail}): the job would be killed before "
+                "the guard acts"
+            )
     for name, op in s.operations.items():
         if op["calls"] >= 10 and op["error_rate"] > cfg.error_rate_threshold:
             score -= 10
@@ -108,14 +120,18 @@ def build(s: Snapshot) -> dict[str, Any]:
     leak = leak_trend(s.after_cleanup)
     if leak is not None:
         score -= 15
-        issues.append(f"suspected leak: RSS after cleanup rising {leak['slope_mb_per_min']} MB/min "
-                      f"over {leak['cleanups']} cleanups ({leak['span_seconds']:.0f} s)")
+        issues.append(
+            f"suspected leak: RSS after cleanup rising {leak['slope_mb_per_min']} MB/min "
+            f"over {leak['cleanups']} cleanups ({leak['span_seconds']:.0f} s)"
+        )
     if s.queue_overflows:
         score -= 5
         issues.append(f"cleanup queue overflowed {s.queue_overflows} times")
     if s.gc_share > cfg.gc_time_budget:
-        issues.append(f"routine GC took {s.gc_share:.1%} of wall time "
-                      f"(budget {cfg.gc_time_budget:.0%}); routine cleanups are being skipped")
+        issues.append(
+            f"routine GC took {s.gc_share:.1%} of wall time "
+            f"(budget {cfg.gc_time_budget:.0%}); routine cleanups are being skipped"
+        )
     score -= min(20, 5 * s.alert_counts.get("critical", 0))
     score = max(0, min(100, score))
     return {
@@ -138,8 +154,10 @@ def build(s: Snapshot) -> dict[str, Any]:
         "health_issues": issues,
         "operations": s.operations,
         "alerts": {**{k: v for k, v in s.alert_counts.items()}, "recent": s.recent_alerts},
-        "cleanups": {k: {"count": s.cleanup_counts[k],
-                         "freed_mb": round(s.freed_bytes[k] / MB, 1)} for k in s.cleanup_counts},
+        "cleanups": {
+            k: {"count": s.cleanup_counts[k], "freed_mb": round(s.freed_bytes[k] / MB, 1)}
+            for k in s.cleanup_counts
+        },
         "leak": leak,
         "gc": {"share_of_wall_time": round(s.gc_share, 4), "budget": cfg.gc_time_budget},
         "services": s.services,

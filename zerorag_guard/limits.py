@@ -46,8 +46,13 @@ class EffectiveLimit:
         return self.bytes / (1024 * 1024)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"bytes": self.bytes, "mb": round(self.mb, 1), "source": self.source,
-                "detail": self.detail, "candidates": [asdict(c) for c in self.candidates]}
+        return {
+            "bytes": self.bytes,
+            "mb": round(self.mb, 1),
+            "source": self.source,
+            "detail": self.detail,
+            "candidates": [asdict(c) for c in self.candidates],
+        }
 
 
 def _read(path: str) -> Optional[str]:
@@ -101,7 +106,7 @@ def _cgroup_dirs(proc_root: str, sys_root: str) -> list[tuple[str, str, str]]:
             # Inside a container the mount's root is the container's own cgroup: strip it.
             rel = path
             if root != "/" and (path == root or path.startswith(root.rstrip("/") + "/")):
-                rel = path[len(root.rstrip("/")):]
+                rel = path[len(root.rstrip("/")) :]
             mount = sys_root.rstrip("/") + mount_point
             found.append((version, os.path.normpath(mount + "/" + rel.lstrip("/")), mount))
     return found
@@ -157,9 +162,12 @@ def rlimits(getrlimit: Optional[Callable[[int], tuple[int, int]]] = None) -> lis
     return out
 
 
-def effective_limit(proc_root: str = "/proc", sys_root: str = "/",
-                    host_total: Optional[Callable[[], int]] = None,
-                    getrlimit: Optional[Callable[[int], tuple[int, int]]] = None) -> EffectiveLimit:
+def effective_limit(
+    proc_root: str = "/proc",
+    sys_root: str = "/",
+    host_total: Optional[Callable[[], int]] = None,
+    getrlimit: Optional[Callable[[int], tuple[int, int]]] = None,
+) -> EffectiveLimit:
     """The smallest limit that applies to this process, with every candidate."""
     candidates = [Limit((host_total or _host_total)(), "host", "physical memory")]
     candidates += cgroup_limits(proc_root, sys_root)

@@ -29,9 +29,9 @@ RssReader = Callable[[], int]
 class PeakWindow:
     """The peak RSS between its opening and :meth:`close` (or now, while open)."""
 
-    __slots__ = ("_probe", "_peak", "closed", "__weakref__")
+    __slots__ = ("__weakref__", "_peak", "_probe", "closed")
 
-    def __init__(self, probe: "MemoryProbe", start_bytes: int) -> None:
+    def __init__(self, probe: MemoryProbe, start_bytes: int) -> None:
         self._probe = probe
         self._peak = start_bytes
         self.closed = False
@@ -62,11 +62,16 @@ class MemoryProbe:
     would not match the injected ones); ``proc_root`` points the /proc readers at a fake tree.
     """
 
-    def __init__(self, rss_reader: Optional[RssReader] = None, *, proc_root: str = "/proc",
-                 use_kernel_peak: bool = True) -> None:
+    def __init__(
+        self,
+        rss_reader: Optional[RssReader] = None,
+        *,
+        proc_root: str = "/proc",
+        use_kernel_peak: bool = True,
+    ) -> None:
         self._proc = os.path.join(proc_root, "self")
         self._lock = threading.Lock()
-        self._windows: "weakref.WeakSet[PeakWindow]" = weakref.WeakSet()
+        self._windows: weakref.WeakSet[PeakWindow] = weakref.WeakSet()
         self._statm_fd: Optional[int] = None
         self._status_fd: Optional[int] = None
         self._page_size = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -78,7 +83,9 @@ class MemoryProbe:
             self.rss_bytes = self._statm_rss
         else:
             self.rss_bytes = self._psutil_rss
-        self.kernel_peak = (use_kernel_peak and not self._injected and self._kernel_peak_works())
+        if not self._injected:
+            self.lifetime_peak_bytes = _reset_marks_peak
+        self.kernel_peak = use_kernel_peak and not self._injected and self._kernel_peak_works()
         _live_probes.add(self)
 
     @property
@@ -122,11 +129,24 @@ class MemoryProbe:
     def _read_hwm(self) -> int:
         data = os.pread(self._status_fd, 4096, 0)  # type: ignore[arg-type]
         start = data.index(b"VmHWM:") + 6
-        return int(data[start:data.index(b"kB", start)]) * 1024
+        return int(data[start : data.index(b"kB", start)]) * 1024
 
     def _reset_kernel_mark(self) -> None:
+        # The mark is process-wide: any probe's reset wipes it for all of them, so hand the old
+        # mark to every probe's open windows and lifetime peak first, not just to this one's.
+        global _reset_marks_peak
+        old = self._read_hwm()
+        _reset_marks_peak = max(_reset_marks_peak, old)
+        for probe in list(_live_probes):
+            if probe.kernel_peak or probe is self:
+                probe._fold_old_mark(old)
         with open(os.path.join(self._proc, "clear_refs"), "w") as f:
             f.write("5")
+
+    def _fold_old_mark(self, old: int) -> None:
+        self.lifetime_peak_bytes = max(self.lifetime_peak_bytes, old)
+        for window in list(self._windows):
+            window.note(old)
 
     def current_peak_bytes(self) -> int:
         """The peak since the last reset: the kernel mark, or a fresh RSS reading without it."""
@@ -191,11 +211,15 @@ class MemoryProbe:
         self.close()
         if not self._open_statm():
             self.rss_bytes = self._psutil_rss
+        global _reset_marks_peak
+        _reset_marks_peak = 0  # the child's own peak starts from what it inherited
         self.lifetime_peak_bytes = 0
         self.kernel_peak = self.kernel_peak and self._kernel_peak_works()
 
 
-_live_probes: "weakref.WeakSet[MemoryProbe]" = weakref.WeakSet()
+_live_probes: weakref.WeakSet[MemoryProbe] = weakref.WeakSet()
+#: The largest mark any probe wiped, so a probe made later still knows the process's peak.
+_reset_marks_peak = 0
 
 
 def _reopen_after_fork() -> None:

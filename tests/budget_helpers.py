@@ -1,0 +1,54 @@
+"""Monitors fed with exact, scripted readings, for budget tests."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from zerorag_guard import GuardConfig, MemoryMonitor
+from zerorag_guard.limits import EffectiveLimit
+from zerorag_guard.probes import MB, MemoryProbe
+
+HOST = EffectiveLimit(64 * 1024 * MB, "host", "test")
+
+
+class Trace:
+    """An RSS reader that plays back readings in MB, then repeats the last one."""
+
+    def __init__(self, readings_mb: Iterable[float]) -> None:
+        self.readings = [int(r * MB) for r in readings_mb] or [0]
+        self.calls = 0
+
+    def __call__(self) -> int:
+        value = self.readings[min(self.calls, len(self.readings) - 1)]
+        self.calls += 1
+        return value
+
+    def set(self, *readings_mb: float) -> None:
+        """Play these readings next."""
+        self.readings = self.readings[: self.calls] + [int(r * MB) for r in readings_mb]
+
+
+class Steady:
+    """An RSS reader whose value the test sets directly."""
+
+    def __init__(self, mb: float) -> None:
+        self.mb = mb
+
+    def __call__(self) -> int:
+        return int(self.mb * MB)
+
+
+def monitor_with(reader: object, limit: EffectiveLimit = HOST, **config: object) -> MemoryMonitor:
+    """A monitor (sampler not started) reading ``reader`` and configured with ``config``."""
+    settings = {
+        "threshold_mb": 1000,
+        "critical_threshold_mb": 1200,
+        "cleanup_cooldown_seconds": 0,
+        "aggressive_cooldown_seconds": 0,
+        **config,
+    }
+    return MemoryMonitor(
+        GuardConfig(**settings),  # type: ignore[arg-type]
+        probe=MemoryProbe(reader),  # type: ignore[arg-type]
+        limit_reader=lambda: limit,
+    )

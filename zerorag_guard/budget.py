@@ -1,0 +1,487 @@
+"""``memory_budget``: a guard that keeps a block of work under a memory ceiling.
+
+One :class:`MemoryBudget` serves as ``with`` block, ``async with`` block and decorator. Its
+:meth:`~MemoryBudget.chunks` splits an iterable into batches sized from the measured memory cost
+per item (see :mod:`zerorag_guard.sizing`), runs the cleanup that memory calls for between
+batches, and applies the ``on_exceed`` policy when the ceiling is reached. Budgets nest: the
+innermost active budget of the current thread or task (a ``ContextVar``) sees the limits of those
+around it, so the tightest one governs. Each use gets fresh state: entering a budget that is
+already active (another thread, a recursive call) works on a copy.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from contextvars import ContextVar, Token
+from dataclasses import dataclass
+from typing import Any, Callable, Optional, TypeVar, Union
+
+from .cleanup import CleanupResult
+from .config import parse_size_mb
+from .errors import MemoryBudgetExceeded
+from .events import CLEANUP_FOR_LEVEL, Level
+from .monitor import MemoryMonitor, get_monitor
+from .probes import MB
+from .sizing import BatchSizer
+
+logger = logging.getLogger("zerorag_guard")
+T = TypeVar("T")
+F = TypeVar("F", bound=Callable[..., Any])
+ON_EXCEED = ("warn", "cleanup", "raise")
+#: The default ceiling never passes this share of the effective (container) limit, so the
+#: guard acts before the kernel's OOM killer does.
+EFFECTIVE_LIMIT_SHARE = 0.9
+_active: ContextVar[Optional[MemoryBudget]] = ContextVar("zerorag_guard_budget", default=None)
+
+
+@dataclass(frozen=True)
+class _Settings:
+    limit_mb: Optional[float]
+    increase_mb: Optional[float]
+    on_exceed: str
+    batch_size: Optional[int]
+    min_batch_size: int
+    max_batch_size: Optional[int]
+    name: Optional[str]
+    monitor: Optional[MemoryMonitor]
+
+
+def _count(value: Any, name: str, allow_none: bool = True) -> Optional[int]:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"{name}={value!r} is not valid: expected a whole number >= 1")
+    return value
+
+
+_ceiling_cache: tuple[Any, Any, int] = (None, None, 0)
+
+
+def default_ceiling_bytes(monitor: MemoryMonitor) -> int:
+    """The ceiling of a budget given no limit: the main threshold, never above 90% of the
+    effective limit. Cached on the (immutable) settings and limit objects: a guarded call
+    reads it on every call."""
+    global _ceiling_cache
+    cfg, limit = monitor.config, monitor.effective_limit()
+    cached_cfg, cached_limit, value = _ceiling_cache
+    if cached_cfg is not cfg or cached_limit is not limit:
+        value = int(min(cfg.threshold_mb * MB, EFFECTIVE_LIMIT_SHARE * limit.bytes))
+        _ceiling_cache = (cfg, limit, value)
+    return value
+
+
+def current_budget() -> Optional[MemoryBudget]:
+    """The innermost budget active in this thread or task, if any."""
+    return _active.get()
+
+
+class MemoryBudget:
+    """A memory ceiling for a block of work; see :func:`memory_budget` for the arguments.
+
+    After (or during) the block: ``peak_mb`` (exact, from the kernel's high-water mark where
+    available), ``processed`` (items whose batch completed: the resume cursor), ``batch_sizes``,
+    ``cleanups`` (a :class:`~zerorag_guard.cleanup.CleanupResult` each) and :meth:`stats`.
+    """
+
+    def __init__(
+        self,
+        limit_mb: Union[float, str, None] = None,
+        *,
+        increase_mb: Union[float, str, None] = None,
+        on_exceed: str = "cleanup",
+        batch_size: Optional[int] = None,
+        min_batch_size: int = 1,
+        max_batch_size: Optional[int] = None,
+        name: Optional[str] = None,
+        monitor: Optional[MemoryMonitor] = None,
+    ) -> None:
+        limit = (
+            None
+            if limit_mb is None
+            else parse_size_mb(
+                limit_mb, "limit_mb", "a size above 0 in MB, or a string such as '800 MB'"
+            )
+        )
+        increase = (
+            None
+            if increase_mb is None
+            else parse_size_mb(
+                increase_mb, "increase_mb", "a size above 0 in MB, or a string such as '200 MB'"
+            )
+        )
+        if on_exceed not in ON_EXCEED:
+            raise ValueError(
+                f"on_exceed={on_exceed!r} is not valid: expected one of "
+                f"{', '.join(map(repr, ON_EXCEED))}"
+            )
+        lo = _count(min_batch_size, "min_batch_size", allow_none=False)
+        hi = _count(max_batch_size, "max_batch_size")
+        size = _count(batch_size, "batch_size")
+        assert lo is not None
+        if hi is not None and lo > hi:
+            raise ValueError(f"min_batch_size={lo} is above max_batch_size={hi}")
+        if size is not None and (size < lo or (hi is not None and size > hi)):
+            raise ValueError(
+                f"batch_size={size} is outside min_batch_size={lo} .. "
+                f"max_batch_size={hi if hi is not None else 'unbounded'}"
+            )
+        self._settings = _Settings(limit, increase, on_exceed, size, lo, hi, name, monitor)
+        self._busy: Optional[threading.Lock] = threading.Lock()
+        self._reset()
+
+    def _reset(self) -> None:
+        self.peak_mb = 0.0
+        self.processed = 0
+        self.batch_sizes: list[int] = []
+        self.cleanups: list[CleanupResult] = []
+        self.exceeded = 0
+        self._entry_rss: Optional[int] = None
+        self._parent: Optional[MemoryBudget] = None
+        self._token: Optional[Token[Optional[MemoryBudget]]] = None
+        self._window: Any = None
+        self._started = 0.0
+        self._seconds = 0.0
+        self._warned = False
+
+    def _fresh(self) -> MemoryBudget:
+        """A new budget with the same (already validated) settings: cheap, for every call."""
+        twin = MemoryBudget.__new__(MemoryBudget)
+        twin._settings = self._settings
+        twin._busy = None
+        twin._reset()
+        return twin
+
+    # -- settings and limits ----------------------------------------------------------------------
+    @property
+    def name(self) -> Optional[str]:
+        return self._settings.name
+
+    @property
+    def on_exceed(self) -> str:
+        return self._settings.on_exceed
+
+    @property
+    def monitor(self) -> MemoryMonitor:
+        return self._settings.monitor or get_monitor()
+
+    @property
+    def _limits_memory(self) -> bool:
+        """Whether this budget has a ceiling of its own (else it only inherits one)."""
+        return self._settings.limit_mb is not None or self._settings.increase_mb is not None
+
+    def limit_bytes(self) -> int:
+        """The ceiling now: the given limit (default: the main threshold), never above 90% of the
+        effective limit, lowered by ``increase_mb`` over memory at entry and by enclosing budgets.
+        Read at every check, so ``configure()`` at run time moves a default ceiling."""
+        s = self._settings
+        monitor = self.monitor
+        limit: float = default_ceiling_bytes(monitor)
+        if s.limit_mb is not None:
+            limit = min(s.limit_mb * MB, EFFECTIVE_LIMIT_SHARE * monitor.effective_limit().bytes)
+        if s.increase_mb is not None and self._entry_rss is not None:
+            limit = min(limit, self._entry_rss + s.increase_mb * MB)
+        if self._parent is not None:
+            limit = min(limit, self._parent.limit_bytes())
+        return int(limit)
+
+    @property
+    def limit_mb(self) -> float:
+        return self.limit_bytes() / MB
+
+    def level(self, rss: int, limit: Optional[int] = None) -> Level:
+        """The level of ``rss`` against this budget: the monitor's ratios applied to the ceiling
+        (critical = the ceiling), or the monitor's own level if that is higher."""
+        limit = self.limit_bytes() if limit is None else limit
+        cfg = self.monitor.config
+        main = limit * cfg.threshold_mb / cfg.critical_threshold_mb
+        if rss >= limit:
+            own = Level.CRITICAL
+        elif rss >= main:
+            own = Level.HIGH
+        elif rss >= main * cfg.preventive_ratio:
+            own = Level.PREVENTIVE
+        else:
+            own = Level.NORMAL
+        return max(own, self.monitor.level)
+
+    # -- entering and leaving ---------------------------------------------------------------------
+    def _enter(self, exact_peak: bool) -> None:
+        monitor = self.monitor
+        rss = monitor.probe.rss_bytes()
+        self._entry_rss = rss
+        self._parent = _active.get()
+        # Only a budget with a ceiling of its own can tighten the ones nested in it: skip the
+        # ContextVar for the others, which keeps a plain guarded call cheap.
+        if exact_peak or self._limits_memory:
+            self._token = _active.set(self)
+        self._window = monitor.probe.open_window() if exact_peak else None
+        self._started = time.perf_counter()
+        self._note_peak(rss)
+        try:
+            self._check(rss, can_shrink=False, routine=False)
+        except BaseException:
+            self._exit()
+            raise
+
+    def _exit(self) -> None:
+        monitor = self.monitor
+        if self._window is not None:
+            self._note_peak(self._window.close())
+            self._window = None
+        else:
+            self._note_peak(monitor.probe.rss_bytes())
+        if self._token is not None:
+            try:
+                _active.reset(self._token)
+            except ValueError:  # left in another context (a generator resumed elsewhere)
+                _active.set(self._parent)
+            self._token = None
+        self._seconds = time.perf_counter() - self._started
+
+    def _claim(self) -> MemoryBudget:
+        # Fresh state per use: the first user gets this object, concurrent ones a copy.
+        if self._busy is None:
+            self._busy = threading.Lock()
+        if self._busy.acquire(blocking=False):
+            self._reset()
+            return self
+        return self._fresh()._claim()
+
+    def _release(self) -> None:
+        if self._busy is not None and self._busy.locked():
+            self._busy.release()
+
+    def __enter__(self) -> MemoryBudget:
+        budget = self._claim()
+        try:
+            budget._enter(exact_peak=True)
+        except BaseException:
+            budget._release()
+            raise
+        return budget
+
+    def __exit__(self, *exc: Any) -> None:
+        # ``with b as x`` may have handed out a copy: leave the innermost active budget.
+        budget = _active.get()
+        target = budget if budget is not None and budget._settings is self._settings else self
+        target._exit()
+        target._release()
+
+    async def __aenter__(self) -> MemoryBudget:
+        return self.__enter__()
+
+    async def __aexit__(self, *exc: Any) -> None:
+        self.__exit__(*exc)
+
+    def __call__(self, func: F) -> F:
+        """Use as a decorator: every call runs in a fresh copy of this budget."""
+        from .guarded import wrap
+
+        return wrap(func, self, record=False)
+
+    # -- checks and cleanup -----------------------------------------------------------------------
+    def _note_peak(self, rss: int) -> None:
+        mb = rss / MB
+        if mb > self.peak_mb:
+            self.peak_mb = mb
+
+    def check(self) -> float:
+        """Check memory now against the ceiling and apply the policy; returns RSS in MB.
+
+        For loops that do not use :meth:`chunks`. With ``cleanup`` it escalates cleanup and
+        raises :class:`~zerorag_guard.MemoryBudgetExceeded` only if memory is still over after
+        an aggressive one.
+        """
+        rss = self.monitor.probe.rss_bytes()
+        self._note_peak(rss)
+        return self._check(rss, can_shrink=False) / MB
+
+    def _check(self, rss: int, can_shrink: bool, batch_peak: int = 0, routine: bool = True) -> int:
+        """Apply the policy to ``rss`` now (and the last batch's peak); returns RSS after it.
+
+        ``routine`` also runs the cleanup the level calls for (between batches; not on entry,
+        where the monitor's own sampler already does it and a guarded call must stay cheap).
+        """
+        limit = self.limit_bytes()
+        policy = self._settings.on_exceed
+        if max(rss, batch_peak) <= limit:
+            if not routine:
+                return rss
+            level = self.level(rss, limit)
+            strategy = CLEANUP_FOR_LEVEL.get(level)
+            if strategy is not None and policy == "cleanup" and self.monitor.cleanup_due(strategy):
+                rss = self._cleanup(strategy).rss_after
+            return rss
+        self.exceeded += 1
+        if policy == "raise":
+            self._raise(max(rss, batch_peak), limit)
+        if policy == "warn":
+            if not self._warned:
+                self._warned = True
+                self.monitor.alert(
+                    "high", "budget", self._describe(max(rss, batch_peak), limit), budget=self.name
+                )
+            return rss
+        if rss <= limit:  # only the batch peak was over: the sizer halves the next batch
+            return rss
+        for strategy in ("standard", "aggressive"):
+            rss = self._cleanup(strategy).rss_after
+            if rss <= limit:
+                return rss
+        if not can_shrink:
+            self._raise(rss, limit)
+        return rss
+
+    def _cleanup(self, strategy: str) -> CleanupResult:
+        result = self.monitor.cleanup(strategy)
+        assert result is not None
+        self.cleanups.append(result)
+        return result
+
+    def _describe(self, rss: int, limit: int) -> str:
+        where = f"budget {self.name!r}" if self.name else "memory budget"
+        return (
+            f"{where}: {rss / MB:.1f} MB over its limit {limit / MB:.1f} MB after "
+            f"{self.processed} items"
+        )
+
+    def _raise(self, rss: int, limit: int) -> None:
+        raise MemoryBudgetExceeded(
+            rss / MB, limit / MB, self.processed, self.level(rss, limit).name, self.name
+        )
+
+    # -- adaptive chunks --------------------------------------------------------------------------
+    def _sizer(self, batch_size: Optional[int]) -> BatchSizer:
+        s = self._settings
+        target = _count(batch_size, "batch_size") or s.batch_size or self.monitor.config.batch_size
+        if s.max_batch_size is not None:
+            target = min(target, s.max_batch_size)
+        return BatchSizer(max(target, s.min_batch_size), s.min_batch_size, s.max_batch_size)
+
+    def _plan(self, sizer: BatchSizer, last_peak: int) -> tuple[int, Any, int]:
+        """Before a batch: apply the policy, choose the size, open the peak window."""
+        probe = self.monitor.probe
+        rss = self._check(probe.rss_bytes(), sizer.last > sizer.min_size, last_peak)
+        limit = self.limit_bytes()
+        size = sizer.next_size(rss, limit)
+        return size, probe.open_window(), rss
+
+    def _finish(self, sizer: BatchSizer, count: int, window: Any, start_rss: int) -> int:
+        """After a batch: count it as processed, learn its cost, return its peak."""
+        self.processed += count
+        self.batch_sizes.append(count)
+        peak = int(window.close())
+        self._note_peak(peak)
+        sizer.learn(count, start_rss, peak, self.limit_bytes())
+        return peak
+
+    def chunks(self, iterable: Iterable[T], batch_size: Optional[int] = None) -> Iterator[list[T]]:
+        """Split ``iterable`` into lists whose size adapts to measured memory.
+
+        Every item is handed out exactly once, in order. A batch counts as processed when the
+        loop asks for the next one, so after an exception ``processed`` is the resume cursor.
+        """
+        sizer = self._sizer(batch_size)
+        it = iter(iterable)
+        peak = 0
+        while True:
+            size, window, start = self._plan(sizer, peak)
+            try:
+                batch = list(itertools.islice(it, size))
+                if not batch:
+                    return
+                yield batch
+            except BaseException:
+                window.close()
+                raise
+            peak = self._finish(sizer, len(batch), window, start)
+            del batch
+
+    async def achunks(
+        self, iterable: Union[AsyncIterable[T], Iterable[T]], batch_size: Optional[int] = None
+    ) -> AsyncIterator[list[T]]:
+        """:meth:`chunks` for ``async for``, over an async or a plain iterable."""
+        sizer = self._sizer(batch_size)
+        ait = iterable.__aiter__() if isinstance(iterable, AsyncIterable) else None
+        it = None if ait is not None else iter(iterable)  # type: ignore[arg-type]
+        peak = 0
+        while True:
+            size, window, start = self._plan(sizer, peak)
+            try:
+                if ait is not None:
+                    batch: list[T] = []
+                    while len(batch) < size:
+                        try:
+                            batch.append(await ait.__anext__())
+                        except StopAsyncIteration:
+                            break
+                else:
+                    assert it is not None
+                    batch = list(itertools.islice(it, size))
+                if not batch:
+                    return
+                yield batch
+            except BaseException:
+                window.close()
+                raise
+            peak = self._finish(sizer, len(batch), window, start)
+            del batch
+
+    def stats(self) -> dict[str, Any]:
+        """What the budget saw: limit, peak, items, batches, cleanups by kind, time."""
+        by_kind: dict[str, int] = {}
+        for result in self.cleanups:
+            by_kind[result.strategy] = by_kind.get(result.strategy, 0) + 1
+        sizes = self.batch_sizes
+        seconds = self._seconds or (time.perf_counter() - self._started if self._started else 0.0)
+        return {
+            "name": self.name,
+            "limit_mb": round(self.limit_mb, 1),
+            "peak_mb": round(self.peak_mb, 1),
+            "processed": self.processed,
+            "batches": len(sizes),
+            "batch_size_min": min(sizes) if sizes else None,
+            "batch_size_max": max(sizes) if sizes else None,
+            "cleanups": by_kind,
+            "freed_mb": round(sum(r.freed_bytes for r in self.cleanups) / MB, 1),
+            "exceeded": self.exceeded,
+            "on_exceed": self.on_exceed,
+            "seconds": round(seconds, 3),
+        }
+
+
+def memory_budget(
+    limit_mb: Union[float, str, None] = None,
+    *,
+    increase_mb: Union[float, str, None] = None,
+    on_exceed: str = "cleanup",
+    batch_size: Optional[int] = None,
+    min_batch_size: int = 1,
+    max_batch_size: Optional[int] = None,
+    name: Optional[str] = None,
+    monitor: Optional[MemoryMonitor] = None,
+) -> MemoryBudget:
+    """A memory budget, for ``with``, ``async with`` or as a decorator.
+
+    ``limit_mb`` caps process memory inside the block (default: the monitor's main threshold,
+    never above 90% of the effective limit); ``increase_mb`` caps growth over memory at entry;
+    the lower wins. ``on_exceed`` is ``"warn"`` (alert and log), ``"cleanup"`` (escalate cleanup
+    and shrink batches; raise only when even that fails) or ``"raise"`` (raise at the first
+    check over the limit). ``batch_size`` (default ``BATCH_SIZE``), ``min_batch_size`` and
+    ``max_batch_size`` bound :meth:`MemoryBudget.chunks`. ``monitor`` defaults to the
+    process-wide one (tests pass one with injected readings).
+    """
+    return MemoryBudget(
+        limit_mb,
+        increase_mb=increase_mb,
+        on_exceed=on_exceed,
+        batch_size=batch_size,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        name=name,
+        monitor=monitor,
+    )

@@ -1,0 +1,307 @@
+"""``@memory_guarded``: run every call of a function inside a fresh memory budget.
+
+The wrapper is chosen once, at decoration time, from what the function is (plain, coroutine,
+generator, async generator), as tenacity does; wrapt keeps the signature, ``__wrapped__``,
+descriptors (methods, class- and staticmethods) and ``inspect`` answers intact. Each call is
+recorded in the monitor's per-operation statistics (calls, errors, time, peak).
+
+With ``chunk=`` the named sequence arguments are split in step into adaptive chunks and the
+function is called once per chunk; list results are concatenated. When a chunk fails, the
+exception gets ``zerorag_processed``: the number of items whose chunks completed.
+"""
+
+from __future__ import annotations
+
+import inspect
+import time
+from collections.abc import Sequence
+from typing import Any, Callable, Optional, TypeVar, Union, cast
+
+import wrapt
+
+from .budget import MemoryBudget, current_budget, default_ceiling_bytes
+from .monitor import MemoryMonitor, get_monitor
+from .probes import MB
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _plain(func: Any) -> Any:
+    return func.__func__ if isinstance(func, (classmethod, staticmethod)) else func
+
+
+def _qualified(func: Any) -> str:
+    f = _plain(func)
+    return f"{getattr(f, '__module__', '?')}.{getattr(f, '__qualname__', repr(f))}"
+
+
+def _chunk_names(func: Any, chunk: Union[str, Sequence[str], None]) -> tuple[str, ...]:
+    if chunk is None:
+        return ()
+    names = (chunk,) if isinstance(chunk, str) else tuple(chunk)
+    if not names or not all(isinstance(n, str) for n in names):
+        raise ValueError(
+            f"chunk={chunk!r} is not valid: expected an argument name or a tuple of argument names"
+        )
+    f = _plain(func)
+    if inspect.isgeneratorfunction(f) or inspect.isasyncgenfunction(f):
+        raise ValueError(
+            f"chunk= cannot split the arguments of generator {_qualified(func)}: "
+            "it yields instead of returning results to concatenate"
+        )
+    params = inspect.signature(f).parameters
+    missing = [n for n in names if n not in params]
+    if missing:
+        raise ValueError(
+            f"chunk names {', '.join(map(repr, missing))} which "
+            f"{_qualified(func)} does not take; its arguments are "
+            f"{', '.join(params)}"
+        )
+    return names
+
+
+class _Guard:
+    """Per-decoration state: the budget's settings, the operation name, the chunked names."""
+
+    def __init__(
+        self,
+        func: Any,
+        spec: MemoryBudget,
+        record: bool,
+        chunk: Union[str, Sequence[str], None],
+        name: Optional[str],
+    ) -> None:
+        self.spec = spec
+        self.record = record
+        self.name = name or spec.name or _qualified(func)
+        self.chunk = _chunk_names(func, chunk)
+        self._signature = inspect.signature(_plain(func))
+        # Most guarded calls have no ceiling of their own and run under no other budget: for
+        # them a check against the cached default ceiling is the whole budget (~2 µs a call).
+        self.lean = not self.chunk and not spec._limits_memory
+
+    def _done(
+        self, monitor: MemoryMonitor, budget: MemoryBudget, start: float, error: bool
+    ) -> None:
+        budget._exit()
+        if self.record:
+            monitor.record_operation(self.name, time.perf_counter() - start, budget.peak_mb, error)
+
+    # -- plain and coroutine functions ------------------------------------------------------------
+    def call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if self.lean:
+            monitor = self.spec._settings.monitor or get_monitor()
+            read = monitor.probe.rss_bytes
+            rss = read()
+            if rss <= default_ceiling_bytes(monitor) and current_budget() is None:
+                start = time.perf_counter()
+                error = True
+                try:
+                    result = wrapped(*args, **kwargs)
+                    error = False
+                    return result
+                finally:
+                    if self.record:
+                        monitor.record_operation(
+                            self.name, time.perf_counter() - start, max(rss, read()) / MB, error
+                        )
+        budget = self.spec._fresh()
+        monitor = budget.monitor
+        budget._enter(exact_peak=bool(self.chunk))
+        start = time.perf_counter()
+        error = True
+        try:
+            if self.chunk:
+                result = self._chunked(budget, wrapped, instance, args, kwargs)
+            else:
+                result = wrapped(*args, **kwargs)
+            error = False
+            return result
+        finally:
+            self._done(monitor, budget, start, error)
+
+    async def acall(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        budget = self.spec._fresh()
+        monitor = budget.monitor
+        budget._enter(exact_peak=bool(self.chunk))
+        start = time.perf_counter()
+        error = True
+        try:
+            if self.chunk:
+                result = await self._achunked(budget, wrapped, instance, args, kwargs)
+            else:
+                result = await wrapped(*args, **kwargs)
+            error = False
+            return result
+        finally:
+            self._done(monitor, budget, start, error)
+
+    # -- generators: the budget spans the whole iteration -----------------------------------------
+    def gen(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        budget = self.spec._fresh()
+        monitor = budget.monitor
+        budget.check()
+        start = time.perf_counter()
+        error = False
+        try:
+            return (yield from wrapped(*args, **kwargs))
+        except GeneratorExit:
+            raise
+        except BaseException:
+            error = True
+            raise
+        finally:
+            self._done(monitor, budget, start, error)
+
+    async def agen(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        budget = self.spec._fresh()
+        monitor = budget.monitor
+        budget.check()
+        start = time.perf_counter()
+        error = False
+        try:
+            async for item in wrapped(*args, **kwargs):
+                yield item
+        except GeneratorExit:
+            raise
+        except BaseException:
+            error = True
+            raise
+        finally:
+            self._done(monitor, budget, start, error)
+
+    # -- chunk= -----------------------------------------------------------------------------------
+    def _split(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        # wrapt hands over the bound callable for methods: bind against its own signature.
+        sig = inspect.signature(wrapped) if hasattr(wrapped, "__self__") else self._signature
+        bound = sig.bind(*args, **kwargs)
+        sequences = [bound.arguments[n] for n in self.chunk if n in bound.arguments]
+        if len(sequences) != len(self.chunk):
+            absent = [n for n in self.chunk if n not in bound.arguments]
+            raise ValueError(f"{self.name}: chunked argument(s) {', '.join(absent)} not given")
+        lengths = {n: len(s) for n, s in zip(self.chunk, sequences)}
+        if len(set(lengths.values())) > 1:
+            raise ValueError(
+                f"{self.name}: chunked arguments must have the same length, got "
+                + ", ".join(f"{n}={k}" for n, k in lengths.items())
+            )
+        return bound, sequences, next(iter(lengths.values()))
+
+    def _call_chunk(self, bound: Any, sequences: list[Any], batch: list[int]) -> tuple[Any, Any]:
+        start, stop = batch[0], batch[-1] + 1
+        for name, seq in zip(self.chunk, sequences):
+            bound.arguments[name] = seq[start:stop]
+        return bound.args, bound.kwargs
+
+    def _chunked(
+        self, budget: MemoryBudget, wrapped: Any, instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        bound, sequences, n = self._split(wrapped, instance, args, kwargs)
+        results = []
+        try:
+            for batch in budget.chunks(range(n)):
+                a, k = self._call_chunk(bound, sequences, batch)
+                results.append(wrapped(*a, **k))
+        except Exception as exc:
+            _mark(exc, budget.processed)
+            raise
+        return _combine(results)
+
+    async def _achunked(
+        self, budget: MemoryBudget, wrapped: Any, instance: Any, args: Any, kwargs: Any
+    ) -> Any:
+        bound, sequences, n = self._split(wrapped, instance, args, kwargs)
+        results = []
+        try:
+            for batch in budget.chunks(range(n)):
+                a, k = self._call_chunk(bound, sequences, batch)
+                results.append(await wrapped(*a, **k))
+        except Exception as exc:
+            _mark(exc, budget.processed)
+            raise
+        return _combine(results)
+
+
+def _mark(exc: BaseException, processed: int) -> None:
+    if not hasattr(exc, "zerorag_processed"):
+        try:
+            exc.zerorag_processed = processed  # type: ignore[attr-defined]
+        except AttributeError:  # pragma: no cover - exceptions with __slots__
+            pass
+
+
+def _combine(results: list[Any]) -> Any:
+    """Concatenate list results; all-None stays None; anything else is a list per chunk."""
+    if all(isinstance(r, list) for r in results):
+        return [item for r in results for item in r]
+    if all(r is None for r in results):
+        return None
+    return results
+
+
+def wrap(
+    func: F,
+    spec: MemoryBudget,
+    *,
+    record: bool = True,
+    chunk: Union[str, Sequence[str], None] = None,
+    name: Optional[str] = None,
+) -> F:
+    """Wrap ``func`` so each call runs in a fresh copy of ``spec``; the kind of wrapper is chosen
+    here, once, so an async function stays a coroutine function and a generator a generator."""
+    if not callable(func) and not isinstance(func, (classmethod, staticmethod)):
+        raise TypeError(
+            f"memory_guarded/memory_budget decorate a function, got "
+            f"{type(func).__name__} {func!r}; did you mean memory_guarded(limit_mb=...)?"
+        )
+    guard = _Guard(func, spec, record, chunk, name)
+    f = _plain(func)
+    if inspect.isasyncgenfunction(f):
+        wrapper = guard.agen
+    elif inspect.iscoroutinefunction(f):
+        wrapper = guard.acall
+    elif inspect.isgeneratorfunction(f):
+        wrapper = guard.gen
+    else:
+        wrapper = guard.call
+    return cast(F, wrapt.FunctionWrapper(func, wrapper))
+
+
+def memory_guarded(
+    func: Optional[F] = None,
+    *,
+    limit_mb: Union[float, str, None] = None,
+    increase_mb: Union[float, str, None] = None,
+    on_exceed: str = "cleanup",
+    chunk: Union[str, Sequence[str], None] = None,
+    batch_size: Optional[int] = None,
+    name: Optional[str] = None,
+    min_batch_size: int = 1,
+    max_batch_size: Optional[int] = None,
+    monitor: Optional[MemoryMonitor] = None,
+) -> Any:
+    """Decorate a function so that each call runs in a fresh memory budget.
+
+    Bare (``@memory_guarded``) or with arguments; works on plain, async, generator and
+    async-generator functions, methods, class- and staticmethods. The budget arguments are
+    those of :func:`~zerorag_guard.memory_budget` and are checked here, at decoration. ``chunk``
+    names one argument or a tuple of arguments: sequences of the same length that are split in
+    step into adaptive chunks, one call per chunk, list results concatenated.
+    """
+    spec = MemoryBudget(
+        limit_mb,
+        increase_mb=increase_mb,
+        on_exceed=on_exceed,
+        batch_size=batch_size,
+        min_batch_size=min_batch_size,
+        max_batch_size=max_batch_size,
+        name=name,
+        monitor=monitor,
+    )
+
+    def decorate(f: F) -> F:
+        return wrap(f, spec, record=True, chunk=chunk, name=name)
+
+    if func is not None:
+        return decorate(func)
+    return decorate
