@@ -11,7 +11,6 @@ already active (another thread, a recursive call) works on a copy.
 
 from __future__ import annotations
 
-import itertools
 import logging
 import threading
 import time
@@ -20,13 +19,13 @@ from contextvars import ContextVar, Token
 from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union
 
+from . import chunking
 from .cleanup import CleanupResult
 from .config import parse_size_mb
 from .errors import MemoryBudgetExceeded
 from .events import CLEANUP_FOR_LEVEL, Level
 from .monitor import MemoryMonitor, get_monitor
 from .probes import MB
-from .sizing import BatchSizer
 
 logger = logging.getLogger("zerorag_guard")
 T = TypeVar("T")
@@ -355,81 +354,20 @@ class MemoryBudget:
         )
 
     # -- adaptive chunks --------------------------------------------------------------------------
-    def _sizer(self, batch_size: Optional[int]) -> BatchSizer:
-        s = self._settings
-        target = _count(batch_size, "batch_size") or s.batch_size or self.monitor.config.batch_size
-        if s.max_batch_size is not None:
-            target = min(target, s.max_batch_size)
-        return BatchSizer(max(target, s.min_batch_size), s.min_batch_size, s.max_batch_size)
-
-    def _plan(self, sizer: BatchSizer, last_peak: int) -> tuple[int, Any, int]:
-        """Before a batch: apply the policy, choose the size, open the peak window."""
-        probe = self.monitor.probe
-        rss = self._check(probe.rss_bytes(), sizer.last > sizer.min_size, last_peak)
-        limit = self.limit_bytes()
-        size = sizer.next_size(rss, limit)
-        return size, probe.open_window(), rss
-
-    def _finish(self, sizer: BatchSizer, count: int, window: Any, start_rss: int) -> int:
-        """After a batch: count it as processed, learn its cost, return its peak."""
-        self.processed += count
-        self.batch_sizes.append(count)
-        peak = int(window.close())
-        self._note_peak(peak)
-        sizer.learn(count, start_rss, peak, self.limit_bytes())
-        return peak
-
     def chunks(self, iterable: Iterable[T], batch_size: Optional[int] = None) -> Iterator[list[T]]:
         """Split ``iterable`` into lists whose size adapts to measured memory.
 
         Every item is handed out exactly once, in order. A batch counts as processed when the
         loop asks for the next one, so after an exception ``processed`` is the resume cursor.
+        ``batch_size`` overrides the budget's target size for this loop.
         """
-        sizer = self._sizer(batch_size)
-        it = iter(iterable)
-        peak = 0
-        while True:
-            size, window, start = self._plan(sizer, peak)
-            try:
-                batch = list(itertools.islice(it, size))
-                if not batch:
-                    return
-                yield batch
-            except BaseException:
-                window.close()
-                raise
-            peak = self._finish(sizer, len(batch), window, start)
-            del batch
+        return chunking.chunks(self, iterable, _count(batch_size, "batch_size"))
 
-    async def achunks(
+    def achunks(
         self, iterable: Union[AsyncIterable[T], Iterable[T]], batch_size: Optional[int] = None
     ) -> AsyncIterator[list[T]]:
         """:meth:`chunks` for ``async for``, over an async or a plain iterable."""
-        sizer = self._sizer(batch_size)
-        ait = iterable.__aiter__() if isinstance(iterable, AsyncIterable) else None
-        it = None if ait is not None else iter(iterable)  # type: ignore[arg-type]
-        peak = 0
-        while True:
-            size, window, start = self._plan(sizer, peak)
-            try:
-                if ait is not None:
-                    batch: list[T] = []
-                    while len(batch) < size:
-                        try:
-                            batch.append(await ait.__anext__())
-                        except StopAsyncIteration:
-                            break
-                else:
-                    assert it is not None
-                    batch = list(itertools.islice(it, size))
-                if not batch:
-                    return
-                yield batch
-            except BaseException:
-                window.close()
-                raise
-            peak = self._finish(sizer, len(batch), window, start)
-            del batch
+        return chunking.achunks(self, iterable, _count(batch_size, "batch_size"))
 
     def stats(self) -> dict[str, Any]:
         """What the budget saw: limit, peak, items, batches, cleanups by kind, time."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import gc
+import inspect
 import logging
 import queue
 import sys
@@ -70,6 +71,12 @@ def _load_malloc_trim() -> Optional[Callable[[int], int]]:
 _malloc_trim = _load_malloc_trim()
 
 
+def _same(a: Any, b: Any) -> bool:
+    # Identity, except for bound methods: obj.method is a new object on every access. Not ==
+    # in general: two distinct empty dicts are equal but are different caches.
+    return a is b or (inspect.ismethod(a) and inspect.ismethod(b) and a == b)
+
+
 class Cleaner:
     """Runs the strategies; holds the registered caches and the GC time account.
 
@@ -94,13 +101,13 @@ class Cleaner:
                 f"got {type(cache).__name__}"
             )
         with self._lock:
-            if not any(c is cache for c in self._caches):
+            if not any(_same(c, cache) for c in self._caches):
                 self._caches.append(cache)
         return cache
 
     def unregister_cache(self, cache: Any) -> None:
         with self._lock:
-            self._caches = [c for c in self._caches if c is not cache]
+            self._caches = [c for c in self._caches if not _same(c, cache)]
 
     def clear_caches(self) -> int:
         """Clear every registered cache; one that raises is logged and skipped."""

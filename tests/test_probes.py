@@ -1,0 +1,163 @@
+"""Probes against the real kernel: statm RSS, psutil fallback, high-water-mark windows, the
+lifetime peak, and fork."""
+
+from __future__ import annotations
+
+import gc
+import json
+import os
+import resource
+from pathlib import Path
+
+import psutil
+import pytest
+
+from zerorag_guard import get_monitor
+from zerorag_guard.probes import MB, MemoryProbe
+
+
+def vm_rss() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) * 1024
+    raise AssertionError("no VmRSS in /proc/self/status")
+
+
+def spike(mb: int) -> None:
+    """Make RSS rise by ``mb`` and fall back: the pages are written, then unmapped."""
+    block = b"\x01" * (mb * MB)
+    assert len(block) == mb * MB
+    del block
+
+
+@pytest.fixture
+def kernel_probe() -> MemoryProbe:
+    probe = MemoryProbe()
+    if not probe.kernel_peak:
+        pytest.skip("the kernel refuses /proc/self/clear_refs here: no exact window peaks")
+    return probe
+
+
+def test_statm_rss_agrees_with_vmrss() -> None:
+    probe = MemoryProbe()
+    assert probe.source == "statm"
+    block = b"\x01" * (50 * MB)  # a figure large enough that a few percent is meaningful
+    fast, slow = probe.rss_bytes(), vm_rss()
+    assert fast == pytest.approx(slow, rel=0.03)
+    assert probe.rss_mb() >= 50
+    del block
+
+
+def test_psutil_fallback_where_there_is_no_statm(tmp_path: Path) -> None:
+    probe = MemoryProbe(proc_root=str(tmp_path / "no-proc"))
+    assert probe.source == "psutil"
+    assert not probe.kernel_peak
+    assert probe.rss_bytes() == pytest.approx(psutil.Process().memory_info().rss, rel=0.05)
+    # Without the kernel mark a window keeps the largest reading it was shown.
+    window = probe.open_window()
+    probe.note(probe.rss_bytes() + 300 * MB)
+    assert window.close() >= probe.rss_bytes() + 290 * MB
+
+
+def test_injected_reader_turns_off_the_kernel_peak() -> None:
+    probe = MemoryProbe(rss_reader=lambda: 123 * MB)
+    assert (probe.source, probe.kernel_peak, probe.rss_mb()) == ("injected", False, 123.0)
+
+
+def test_peak_window_catches_a_spike_between_samples(kernel_probe: MemoryProbe) -> None:
+    window = kernel_probe.open_window()
+    start = kernel_probe.rss_bytes()
+    spike(200)
+    now = kernel_probe.rss_bytes()
+    peak = window.close()
+    print(f"window: start {start / MB:.1f} MB, peak {peak / MB:.1f} MB, now {now / MB:.1f} MB")
+    assert now < start + 50 * MB  # the spike is gone: no sample could have seen it
+    assert peak - start >= 190 * MB
+
+
+def test_overlapping_windows_both_see_their_spikes(kernel_probe: MemoryProbe) -> None:
+    first = kernel_probe.open_window()
+    base = kernel_probe.rss_bytes()
+    spike(200)  # before the second window's reset of the kernel mark
+    second = kernel_probe.open_window()
+    assert second.peak_bytes() < base + 100 * MB  # the second window opened after it
+    spike(120)  # inside both windows
+    second_peak = second.close()
+    first_peak = first.close()
+    assert first_peak - base >= 190 * MB  # kept though the mark was reset under it
+    assert 110 * MB <= second_peak - base < 190 * MB
+
+
+def test_lifetime_peak_survives_resets_and_is_in_health(kernel_probe: MemoryProbe) -> None:
+    monitor = get_monitor()
+    probe = monitor.probe
+    if not probe.kernel_peak:
+        pytest.skip("the monitor's probe has no kernel peak")
+    base = probe.rss_bytes()
+    spike(250)
+    probe.open_window().close()  # resets VmHWM, and with it ru_maxrss
+    kernel_probe.open_window().close()
+    maxrss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    lifetime = probe.lifetime_peak()
+    health = monitor.get_health_status()
+    print(
+        f"base {base / MB:.1f} MB; ru_maxrss after reset {maxrss / MB:.1f} MB; "
+        f"lifetime peak {lifetime / MB:.1f} MB; health {health['memory_usage']}"
+    )
+    assert lifetime - base >= 240 * MB
+    assert health["memory_usage"]["lifetime_peak_mb"] >= (base + 240 * MB) / MB
+    # The side effect the probe makes up for: the kernel's own figure forgot the spike.
+    assert maxrss < lifetime - 200 * MB
+
+
+@pytest.mark.system
+def test_fork_reopens_statm_in_the_child() -> None:
+    probe = MemoryProbe()
+    parent_rss = probe.rss_bytes()
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # pragma: no cover - runs in the child
+        code = 1
+        try:
+            os.close(read_fd)
+            before = probe.rss_bytes()
+            block = b"\x01" * (100 * MB)
+            after = probe.rss_bytes()
+            report = {
+                "before": before,
+                "after": after,
+                "vmrss": vm_rss(),
+                "source": probe.source,
+                "n": len(block),
+            }
+            os.write(write_fd, json.dumps(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    with os.fdopen(read_fd) as f:
+        data = f.read()
+    _, status = os.waitpid(pid, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, data
+    child = json.loads(data)
+    assert child["source"] == "statm"
+    assert child["after"] - child["before"] >= 95 * MB
+    assert child["after"] == pytest.approx(child["vmrss"], rel=0.03)
+    gc.collect()
+    assert probe.rss_bytes() < parent_rss + 50 * MB  # the parent's reading is its own
+
+
+def test_another_probes_reset_does_not_lose_a_window_or_the_lifetime_peak(
+    kernel_probe: MemoryProbe,
+) -> None:
+    # The kernel mark is process-wide: a second probe resetting it must not wipe the first's.
+    other = MemoryProbe()
+    window = kernel_probe.open_window()
+    base = kernel_probe.rss_bytes()
+    spike(200)
+    other.open_window().close()
+    assert window.close() - base >= 190 * MB
+    later = MemoryProbe()  # made after the reset: still knows the process's peak
+    for probe in (kernel_probe, other, later):
+        assert probe.lifetime_peak() - base >= 190 * MB

@@ -1,0 +1,100 @@
+"""The loops behind :meth:`MemoryBudget.chunks` and :meth:`MemoryBudget.achunks`.
+
+Before each batch the budget's policy runs and the :class:`~zerorag_guard.sizing.BatchSizer`
+picks a size for the headroom left; a kernel peak window is opened; the batch is pulled from the
+iterable and handed out. When the loop asks for the next batch, the previous one counts as
+processed and its exact peak teaches the sizer what an item costs.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
+
+from .sizing import BatchSizer
+
+if TYPE_CHECKING:
+    from .budget import MemoryBudget
+
+T = TypeVar("T")
+
+
+class _Loop:
+    """One chunking loop's state: the sizer and the budget it reports to."""
+
+    def __init__(self, budget: MemoryBudget, batch_size: Optional[int]) -> None:
+        s = budget._settings
+        target = batch_size or s.batch_size or budget.monitor.config.batch_size
+        if s.max_batch_size is not None:
+            target = min(target, s.max_batch_size)
+        self.budget = budget
+        self.sizer = BatchSizer(max(target, s.min_batch_size), s.min_batch_size, s.max_batch_size)
+        self.peak = 0
+
+    def plan(self) -> tuple[int, Any, int]:
+        """Before a batch: apply the policy, choose the size, open the peak window."""
+        budget, sizer = self.budget, self.sizer
+        probe = budget.monitor.probe
+        rss = budget._check(probe.rss_bytes(), sizer.last > sizer.min_size, self.peak)
+        size = sizer.next_size(rss, budget.limit_bytes())
+        return size, probe.open_window(), rss
+
+    def finish(self, count: int, window: Any, start_rss: int) -> None:
+        """After a batch: count it as processed and learn its cost from its exact peak."""
+        budget = self.budget
+        budget.processed += count
+        budget.batch_sizes.append(count)
+        self.peak = int(window.close())
+        budget._note_peak(self.peak)
+        self.sizer.learn(count, start_rss, self.peak, budget.limit_bytes())
+
+
+def chunks(
+    budget: MemoryBudget, iterable: Iterable[T], batch_size: Optional[int]
+) -> Iterator[list[T]]:
+    """The batches of ``iterable``, each item once and in order (see ``MemoryBudget.chunks``)."""
+    loop = _Loop(budget, batch_size)
+    it = iter(iterable)
+    while True:
+        size, window, start = loop.plan()
+        try:
+            batch = list(itertools.islice(it, size))
+            if not batch:
+                return
+            yield batch
+        except BaseException:
+            window.close()
+            raise
+        loop.finish(len(batch), window, start)
+        del batch
+
+
+async def achunks(
+    budget: MemoryBudget, iterable: Union[AsyncIterable[T], Iterable[T]], batch_size: Optional[int]
+) -> AsyncIterator[list[T]]:
+    """:func:`chunks` for ``async for``, over an async or a plain iterable."""
+    loop = _Loop(budget, batch_size)
+    ait = iterable.__aiter__() if isinstance(iterable, AsyncIterable) else None
+    it = None if ait is not None else iter(iterable)  # type: ignore[arg-type]
+    while True:
+        size, window, start = loop.plan()
+        try:
+            if ait is not None:
+                batch: list[T] = []
+                while len(batch) < size:
+                    try:
+                        batch.append(await ait.__anext__())
+                    except StopAsyncIteration:
+                        break
+            else:
+                assert it is not None
+                batch = list(itertools.islice(it, size))
+            if not batch:
+                return
+            yield batch
+        except BaseException:
+            window.close()
+            raise
+        loop.finish(len(batch), window, start)
+        del batch
