@@ -12,8 +12,12 @@ from zerorag_guard import monitor as monitor_module
 @pytest.fixture(autouse=True)
 def _fresh_global_monitor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # The monitor reads the environment and .env: keep the developer's own settings out.
-    for key in ("MEMORY_THRESHOLD_MB", "MEMORY_CRITICAL_THRESHOLD_MB", "GC_INTERVAL_SECONDS",
-                "BATCH_SIZE"):
+    for key in (
+        "MEMORY_THRESHOLD_MB",
+        "MEMORY_CRITICAL_THRESHOLD_MB",
+        "GC_INTERVAL_SECONDS",
+        "BATCH_SIZE",
+    ):
         monkeypatch.delenv(key, raising=False)
     monitor_module._reset_global_for_tests()
     yield

@@ -4,21 +4,31 @@ The public names are re-exported here; the modules behind them are one concern e
 (``probes``, ``limits``, ``monitor``, ``cleanup``, ``health``, ``budget``, ``guarded``, ``leaks``).
 """
 
+# control registers the monitor start hook that opens the control socket (--pid).
+from . import control  # noqa: F401
+from .budget import MemoryBudget, memory_budget
 from .config import GuardConfig, recommend_config
 from .errors import ConfigError, MemoryBudgetExceeded
 from .events import Alert, Level, Sample
+from .guarded import memory_guarded
+from .leaks import LeakProfiler, LeakReport
 from .monitor import MemoryMonitor, configure, get_monitor
 
 __all__ = [
     "Alert",
     "ConfigError",
     "GuardConfig",
+    "LeakProfiler",
+    "LeakReport",
     "Level",
+    "MemoryBudget",
     "MemoryBudgetExceeded",
     "MemoryMonitor",
     "Sample",
     "configure",
     "get_monitor",
+    "memory_budget",
+    "memory_guarded",
     "recommend_config",
 ]
 __version__ = "0.1.0"

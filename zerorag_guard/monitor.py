@@ -2,7 +2,7 @@
 
 One :class:`MemoryMonitor` per process lives behind :func:`get_monitor`; :func:`configure` changes
 its settings at run time. A daemon thread samples RSS every ``sample_interval``; each sample moves
-the level (a level is entered at its threshold and left only below ``threshold × (1 -
+the level (a level is entered at its threshold and left only below ``threshold x (1 -
 hysteresis_ratio)``, so a reading hovering at a threshold does not flap), raises alerts and runs the
 cleanup the level calls for, within cool-downs. After ``os.fork`` the child gets fresh locks and
 threads of its own.
@@ -28,8 +28,12 @@ from .probes import MB, MemoryProbe
 
 logger = logging.getLogger("zerorag_guard")
 Listener = Callable[[Alert], None]
-_LOG_LEVEL = {"info": logging.INFO, "medium": logging.WARNING, "high": logging.ERROR,
-              "critical": logging.CRITICAL}
+_LOG_LEVEL = {
+    "info": logging.INFO,
+    "medium": logging.WARNING,
+    "high": logging.ERROR,
+    "critical": logging.CRITICAL,
+}
 #: How often the sampler re-reads the effective limit (a container can be resized live).
 LIMIT_REFRESH_SECONDS = 30.0
 
@@ -46,10 +50,14 @@ class OperationStats:
     error_alerted: bool = False
 
     def to_dict(self) -> dict[str, Any]:
-        return {"calls": self.calls, "errors": self.errors,
-                "error_rate": self.errors / self.calls if self.calls else 0.0,
-                "avg_seconds": self.total_seconds / self.calls if self.calls else 0.0,
-                "max_seconds": self.max_seconds, "peak_mb": round(self.peak_mb, 1)}
+        return {
+            "calls": self.calls,
+            "errors": self.errors,
+            "error_rate": self.errors / self.calls if self.calls else 0.0,
+            "avg_seconds": self.total_seconds / self.calls if self.calls else 0.0,
+            "max_seconds": self.max_seconds,
+            "peak_mb": round(self.peak_mb, 1),
+        }
 
 
 class MemoryMonitor:
@@ -60,11 +68,15 @@ class MemoryMonitor:
     ``wall`` epoch seconds for alert timestamps.
     """
 
-    def __init__(self, config: Optional[GuardConfig] = None, *,
-                 probe: Optional[MemoryProbe] = None,
-                 limit_reader: Optional[Callable[[], EffectiveLimit]] = None,
-                 clock: Callable[[], float] = time.monotonic,
-                 wall: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self,
+        config: Optional[GuardConfig] = None,
+        *,
+        probe: Optional[MemoryProbe] = None,
+        limit_reader: Optional[Callable[[], EffectiveLimit]] = None,
+        clock: Callable[[], float] = time.monotonic,
+        wall: Callable[[], float] = time.time,
+    ) -> None:
         self._initial_config = config or GuardConfig.from_env()
         self._probe = probe or MemoryProbe(use_kernel_peak=self._initial_config.use_kernel_peak)
         self._limit_reader = limit_reader or effective_limit
@@ -87,7 +99,8 @@ class MemoryMonitor:
         self._alert_counts = dict.fromkeys(("info", "medium", "high", "critical"), 0)
         self._ops: dict[str, OperationStats] = {}
         self._op_times: collections.deque[tuple[str, float]] = collections.deque(
-            maxlen=config.operation_history_size)
+            maxlen=config.operation_history_size
+        )
         self._cleanup_counts = dict.fromkeys(STRATEGIES, 0)
         self._freed_bytes = dict.fromkeys(STRATEGIES, 0)
         self._last_cleanup: dict[str, float] = {}
@@ -103,12 +116,15 @@ class MemoryMonitor:
 
     @staticmethod
     def _compute_marks(c: GuardConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        entry = (int(c.preventive_threshold_mb * MB), int(c.threshold_mb * MB),
-                 int(c.critical_threshold_mb * MB))
+        entry = (
+            int(c.preventive_threshold_mb * MB),
+            int(c.threshold_mb * MB),
+            int(c.critical_threshold_mb * MB),
+        )
         release = tuple(int(m * (1.0 - c.hysteresis_ratio)) for m in entry)
         return entry, release
 
-    # -- settings ----------------------------------------------------------------------------------
+    # -- settings
     @property
     def config(self) -> GuardConfig:
         return self._config
@@ -133,18 +149,21 @@ class MemoryMonitor:
             if new.alert_history_size != old.alert_history_size:
                 self._alerts = collections.deque(self._alerts, maxlen=new.alert_history_size)
             if new.operation_history_size != old.operation_history_size:
-                self._op_times = collections.deque(self._op_times,
-                                                   maxlen=new.operation_history_size)
+                self._op_times = collections.deque(
+                    self._op_times, maxlen=new.operation_history_size
+                )
             retired = None
             if new.cleanup_queue_size != old.cleanup_queue_size:
-                retired, self._worker = self._worker, CleanupWorker(self._run_queued,
-                                                                    new.cleanup_queue_size)
+                retired, self._worker = (
+                    self._worker,
+                    CleanupWorker(self._run_queued, new.cleanup_queue_size),
+                )
         if retired is not None:
             retired.stop()  # outside the lock: its last cleanup may need the lock to finish
         logger.info("settings changed: %s", ", ".join(f"{k}={v!r}" for k, v in changes.items()))
         return new
 
-    # -- readings ------------------------------------------------------------------------------------
+    # -- readings
     def sample(self) -> Sample:
         """Take a fresh reading now, update the level, history and alerts; returns the sample.
 
@@ -192,7 +211,7 @@ class MemoryMonitor:
             self._limit_read_at = now
         return self._limit
 
-    # -- levels and alerts ---------------------------------------------------------------------------
+    # -- levels and alerts
     def _change_level(self, level: Level, rss: int) -> None:
         with self._lock:
             old = self._level
@@ -200,24 +219,51 @@ class MemoryMonitor:
                 return
             self._level = level
         if level > old:
-            threshold = (self._config.preventive_threshold_mb, self._config.threshold_mb,
-                         self._config.critical_threshold_mb)[level - 1]
-            self.alert(SEVERITY_FOR_LEVEL[level], "memory",
-                       f"memory at {rss / MB:.1f} MB entered {level.name} "
-                       f"(threshold {threshold:.0f} MB)", rss_mb=rss / MB, level=level)
+            threshold = (
+                self._config.preventive_threshold_mb,
+                self._config.threshold_mb,
+                self._config.critical_threshold_mb,
+            )[level - 1]
+            self.alert(
+                SEVERITY_FOR_LEVEL[level],
+                "memory",
+                f"memory at {rss / MB:.1f} MB entered {level.name} (threshold {threshold:.0f} MB)",
+                rss_mb=rss / MB,
+                level=level,
+            )
         else:
-            self.alert("info", "recovered", f"memory at {rss / MB:.1f} MB, back to {level.name}",
-                       rss_mb=rss / MB, level=level)
+            self.alert(
+                "info",
+                "recovered",
+                f"memory at {rss / MB:.1f} MB, back to {level.name}",
+                rss_mb=rss / MB,
+                level=level,
+            )
 
-    def alert(self, severity: str, kind: str, message: str, *, rss_mb: Optional[float] = None,
-              level: Optional[Level] = None, **data: Any) -> Alert:
+    def alert(
+        self,
+        severity: str,
+        kind: str,
+        message: str,
+        *,
+        rss_mb: Optional[float] = None,
+        level: Optional[Level] = None,
+        **data: Any,
+    ) -> Alert:
         """Record an alert, log it on the ``zerorag_guard`` logger and tell every listener."""
         if severity not in self._alert_counts:
-            raise ValueError(f"alert severity {severity!r} is not one of "
-                             f"{', '.join(self._alert_counts)}")
-        item = Alert(self._wall(), severity, kind, message,
-                     self.rss_mb() if rss_mb is None else rss_mb,
-                     self._level if level is None else level, data)
+            raise ValueError(
+                f"alert severity {severity!r} is not one of {', '.join(self._alert_counts)}"
+            )
+        item = Alert(
+            self._wall(),
+            severity,
+            kind,
+            message,
+            self.rss_mb() if rss_mb is None else rss_mb,
+            self._level if level is None else level,
+            data,
+        )
         with self._lock:
             self._alerts.append(item)
             self._alert_counts[severity] += 1
@@ -240,9 +286,10 @@ class MemoryMonitor:
 
     def remove_listener(self, callback: Listener) -> None:
         with self._lock:
-            self._listeners = [c for c in self._listeners if c is not callback]
+            # ==, not is: obj.method makes a new bound-method object on every access.
+            self._listeners = [c for c in self._listeners if c != callback]
 
-    # -- cleanup -------------------------------------------------------------------------------------
+    # -- cleanup
     def register_cache(self, cache: Any) -> Any:
         """Have cleanups clear ``cache`` (an ``lru_cache``, an object with ``clear()``, or a
         callable). Returns it, so ``@get_monitor().register_cache`` works on a cached function."""
@@ -280,20 +327,32 @@ class MemoryMonitor:
         if self._worker.submit("standard"):
             return True
         self._queue_overflows += 1
-        self.alert("high", "cleanup_queue_overflow",
-                   f"cleanup queue full ({self._config.cleanup_queue_size} pending); "
-                   "standard cleanup dropped", queue_size=self._config.cleanup_queue_size)
+        self.alert(
+            "high",
+            "cleanup_queue_overflow",
+            f"cleanup queue full ({self._config.cleanup_queue_size} pending); "
+            "standard cleanup dropped",
+            queue_size=self._config.cleanup_queue_size,
+        )
         return False
+
+    def cleanup_due(self, strategy: str) -> bool:
+        """Whether ``strategy`` is past its cool-down and, for the routine ones (light and
+        standard), within the GC time budget."""
+        cfg = self._config
+        cooldown = (
+            cfg.aggressive_cooldown_seconds
+            if strategy == "aggressive"
+            else cfg.cleanup_cooldown_seconds
+        )
+        if self._clock() - self._last_cleanup.get(strategy, float("-inf")) < cooldown:
+            return False
+        return strategy == "aggressive" or self._cleaner.within_gc_budget(cfg.gc_time_budget)
 
     def _cleanup_for(self, level: Level) -> None:
         """Run the cleanup a level calls for, unless it ran within its cool-down."""
         strategy = CLEANUP_FOR_LEVEL[level]
-        cfg = self._config
-        cooldown = (cfg.aggressive_cooldown_seconds if strategy == "aggressive"
-                    else cfg.cleanup_cooldown_seconds)
-        if self._clock() - self._last_cleanup.get(strategy, float("-inf")) < cooldown:
-            return
-        if strategy != "aggressive" and not self._cleaner.within_gc_budget(cfg.gc_time_budget):
+        if not self.cleanup_due(strategy):
             return
         if strategy == "standard":
             self._queue_standard()
@@ -306,10 +365,12 @@ class MemoryMonitor:
             before = len(self._history) + len(self._alerts) + len(self._op_times)
             if strategy == "aggressive":
                 keep = max(10, self._config.history_size // 10)
-                self._history = collections.deque(list(self._history)[-keep:],
-                                                  maxlen=self._config.history_size)
-                self._alerts = collections.deque(list(self._alerts)[-10:],
-                                                 maxlen=self._config.alert_history_size)
+                self._history = collections.deque(
+                    list(self._history)[-keep:], maxlen=self._config.history_size
+                )
+                self._alerts = collections.deque(
+                    list(self._alerts)[-10:], maxlen=self._config.alert_history_size
+                )
                 self._op_times.clear()
             else:
                 # Drop the oldest quarter of a full history, and alerts older than an hour.
@@ -321,9 +382,10 @@ class MemoryMonitor:
                     self._alerts.popleft()
             return before - (len(self._history) + len(self._alerts) + len(self._op_times))
 
-    # -- operation statistics ------------------------------------------------------------------------
-    def record_operation(self, name: str, seconds: float, peak_mb: float = 0.0,
-                         error: bool = False) -> None:
+    # -- operation statistics
+    def record_operation(
+        self, name: str, seconds: float, peak_mb: float = 0.0, error: bool = False
+    ) -> None:
         """Count one guarded call; raises slow-operation and error-rate alerts."""
         cfg = self._config
         with self._lock:
@@ -347,27 +409,38 @@ class MemoryMonitor:
             if error_alert:
                 stats.error_alerted = True
         if seconds > cfg.slow_operation_seconds:
-            self.alert("medium", "slow_operation",
-                       f"{name} took {seconds:.1f} s (slow above {cfg.slow_operation_seconds:g} s)",
-                       operation=name, seconds=seconds)
+            self.alert(
+                "medium",
+                "slow_operation",
+                f"{name} took {seconds:.1f} s (slow above {cfg.slow_operation_seconds:g} s)",
+                operation=name,
+                seconds=seconds,
+            )
         if error_alert:
-            self.alert("high", "error_rate",
-                       f"{name} failed {stats.errors} of {stats.calls} calls ({rate:.0%})",
-                       operation=name, error_rate=rate)
+            self.alert(
+                "high",
+                "error_rate",
+                f"{name} failed {stats.errors} of {stats.calls} calls ({rate:.0%})",
+                operation=name,
+                error_rate=rate,
+            )
 
     def operations(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {name: stats.to_dict() for name, stats in self._ops.items()}
 
-    # -- health --------------------------------------------------------------------------------------
+    # -- health
     def get_health_status(self) -> dict[str, Any]:
         """The health report: ``health_score`` (0-100), ``memory_usage``, ``health_issues``, and
         operation statistics, alert counts, cleanups and background-service status."""
         sample = self.sample()
         with self._lock:
             snapshot = health.Snapshot(
-                config=self._config, sample=sample, limit=self.effective_limit(),
-                peak_mb=self._peak_mb, lifetime_peak_mb=self._probe.lifetime_peak() / MB,
+                config=self._config,
+                sample=sample,
+                limit=self.effective_limit(),
+                peak_mb=self._peak_mb,
+                lifetime_peak_mb=self._probe.lifetime_peak() / MB,
                 alert_counts=dict(self._alert_counts),
                 recent_alerts=[a.to_dict() for a in list(self._alerts)[-5:]],
                 operations={n: s.to_dict() for n, s in self._ops.items()},
@@ -375,26 +448,35 @@ class MemoryMonitor:
                 freed_bytes=dict(self._freed_bytes),
                 after_cleanup=list(self._after_cleanup),
                 queue_overflows=self._queue_overflows,
-                services={"sampler": self.running, "cleanup_worker": self._worker.alive,
-                          "cleanup_queue": self._worker.pending(),
-                          "sample_interval": self._config.sample_interval,
-                          "probe": self._probe.source, "kernel_peak": self._probe.kernel_peak},
-                gc_share=self._cleaner.gc_share(), wall=self._wall(), pid=os.getpid())
+                services={
+                    "sampler": self.running,
+                    "cleanup_worker": self._worker.alive,
+                    "cleanup_queue": self._worker.pending(),
+                    "sample_interval": self._config.sample_interval,
+                    "probe": self._probe.source,
+                    "kernel_peak": self._probe.kernel_peak,
+                },
+                gc_share=self._cleaner.gc_share(),
+                wall=self._wall(),
+                pid=os.getpid(),
+            )
         return health.build(snapshot)
 
-    # -- the sampler thread --------------------------------------------------------------------------
+    # -- the sampler thread
     @property
     def running(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def start(self) -> "MemoryMonitor":
+    def start(self) -> MemoryMonitor:
         """Start the sampler thread (idempotent)."""
         with self._lock:
             if not self.running:
                 self._stop.clear()
-                self._thread = threading.Thread(target=self._loop, name="zerorag-guard-monitor",
-                                                daemon=True)
+                self._thread = threading.Thread(
+                    target=self._loop, name="zerorag-guard-monitor", daemon=True
+                )
                 self._thread.start()
+        _run_hooks(_start_hooks, self)
         return self
 
     def stop(self) -> None:
@@ -405,6 +487,7 @@ class MemoryMonitor:
             thread.join(timeout=5.0)
         self._thread = None
         self._worker.stop()
+        _run_hooks(_stop_hooks, self)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._config.sample_interval):
@@ -424,7 +507,7 @@ class MemoryMonitor:
         except Exception:
             logger.exception("monitor tick failed; sampling goes on")
 
-    # -- lifecycle -----------------------------------------------------------------------------------
+    # -- lifecycle
     def reset(self) -> None:
         """Back to a fresh monitor with the settings it was built with (for tests)."""
         was_running = self.running
@@ -446,9 +529,33 @@ class MemoryMonitor:
             self.start()
 
 
-_live_monitors: "weakref.WeakSet[MemoryMonitor]" = weakref.WeakSet()
+_live_monitors: weakref.WeakSet[MemoryMonitor] = weakref.WeakSet()
 _global: Optional[MemoryMonitor] = None
 _global_lock = threading.Lock()
+#: Called with the monitor at the end of every ``start()`` / ``stop()``. Front ends that live
+#: above the monitor (the control socket) register here, so nothing in the core imports them.
+_start_hooks: list[Callable[[MemoryMonitor], None]] = []
+_stop_hooks: list[Callable[[MemoryMonitor], None]] = []
+
+
+def add_start_hook(fn: Callable[[MemoryMonitor], None]) -> None:
+    """Call ``fn(monitor)`` whenever a monitor starts (also after ``os.fork`` in the child)."""
+    if fn not in _start_hooks:
+        _start_hooks.append(fn)
+
+
+def add_stop_hook(fn: Callable[[MemoryMonitor], None]) -> None:
+    """Call ``fn(monitor)`` whenever a monitor stops (``stop()``, ``reset()``)."""
+    if fn not in _stop_hooks:
+        _stop_hooks.append(fn)
+
+
+def _run_hooks(hooks: list[Callable[[MemoryMonitor], None]], monitor: MemoryMonitor) -> None:
+    for hook in list(hooks):
+        try:
+            hook(monitor)
+        except Exception:
+            logger.exception("monitor hook %r failed; the monitor goes on", hook)
 
 
 def get_monitor() -> MemoryMonitor:
@@ -458,13 +565,15 @@ def get_monitor() -> MemoryMonitor:
     if monitor is None:
         with _global_lock:
             if _global is None:
-                _global = MemoryMonitor().start()
+                # Published before start() so start hooks can tell the process-wide monitor.
+                _global = MemoryMonitor()
+                _global.start()
             monitor = _global
     return monitor
 
 
 def configure(**changes: Any) -> GuardConfig:
-    """Change the process-wide monitor's settings at run time (see :meth:`MemoryMonitor.configure`)."""
+    """Change the process-wide monitor's settings at run time (:meth:`MemoryMonitor.configure`)."""
     return get_monitor().configure(**changes)
 
 

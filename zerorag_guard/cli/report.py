@@ -1,31 +1,76 @@
-"""``zerorag-guard report``: this process's health report."""
+"""``zerorag-guard report``: the health report of this process or of a guarded one (``--pid``)."""
 
 from __future__ import annotations
 
 import argparse
-import json
 from typing import Any
 
-from ..monitor import get_monitor
+from . import _args, _render
+from ._target import target_for
 
 
 def register(sub: Any) -> None:
-    parser = sub.add_parser("report", help="print the health report")
-    parser.add_argument("--json", action="store_true", help="print JSON")
+    parser = sub.add_parser(
+        "report",
+        help="print the health report",
+        description="Print the health report: score, memory against the "
+        "thresholds and the effective limit, issues, alerts, cleanups.",
+    )
+    _args.add_json(parser)
+    _args.add_pid(parser)
     parser.set_defaults(func=run)
 
 
 def run(args: argparse.Namespace) -> int:
-    health = get_monitor().get_health_status()
+    target = target_for(args)
+    health = target.health()
     if args.json:
-        print(json.dumps(health, indent=2, default=str))
+        _render.print_json(health)
         return 0
-    usage = health["memory_usage"]
-    print(f"health score {health['health_score']}/100 ({health['status']})")
-    print(f"RSS {usage['rss_mb']} MB, level {usage['level']}, thresholds "
-          f"{usage['preventive_threshold_mb']}/{usage['threshold_mb']}/"
-          f"{usage['critical_threshold_mb']} MB, limit {usage['limit_mb']} MB "
-          f"({usage['limit_source']})")
-    for issue in health["health_issues"]:
-        print(f"issue: {issue}")
+    render(health, target.label)
     return 0
+
+
+def render(health: dict[str, Any], label: str) -> None:
+    """The report as tables (shared with the guide's ``--report``)."""
+    usage = health["memory_usage"]
+    _render.heading(f"Memory health report: {label}")
+    style = {"healthy": "green", "degraded": "yellow"}.get(health["status"], "bold red")
+    _render.echo(f"health score {health['health_score']}/100 ({health['status']})", style=style)
+    _render.pairs(
+        "Memory",
+        [
+            ("RSS", _render.mb(usage["rss_mb"])),
+            ("level", usage["level"]),
+            ("peak (monitor)", _render.mb(usage["peak_mb"])),
+            ("lifetime peak", _render.mb(usage["lifetime_peak_mb"])),
+            ("preventive threshold", _render.mb(usage["preventive_threshold_mb"])),
+            ("main threshold", _render.mb(usage["threshold_mb"])),
+            ("critical threshold", _render.mb(usage["critical_threshold_mb"])),
+            ("percent of main threshold", f"{usage['percent_of_threshold']}%"),
+            ("effective limit", f"{_render.mb(usage['limit_mb'])} ({usage['limit_source']})"),
+        ],
+    )
+    issues = health["health_issues"]
+    _render.heading("Health issues" if issues else "Health issues: none")
+    for issue in issues:
+        _render.echo(f"- {issue}", style="yellow")
+    alerts = health.get("alerts", {})
+    counts = ", ".join(f"{k} {alerts.get(k, 0)}" for k in ("info", "medium", "high", "critical"))
+    _render.echo(f"alerts: {counts}")
+    cleanups = health.get("cleanups", {})
+    if cleanups:
+        _render.echo(
+            "cleanups: "
+            + ", ".join(f"{k} {v['count']} (freed {v['freed_mb']} MB)" for k, v in cleanups.items())
+        )
+    ops = health.get("operations") or {}
+    if ops:
+        _render.table(
+            "Guarded operations",
+            ("operation", "calls", "errors", "avg s", "peak MB"),
+            [
+                (n, o["calls"], o["errors"], round(o["avg_seconds"], 3), o["peak_mb"])
+                for n, o in ops.items()
+            ],
+        )
