@@ -1,0 +1,42 @@
+"""What the leak profiler costs: ``LeakProfiler.check`` against a plain pympler ``SummaryTracker``
+diff over the same calls, measured in the same run (the ratio goes to ``extra_info``)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from pympler.tracker import SummaryTracker
+
+from zerorag_guard import LeakProfiler
+
+WARMUP, ITERATIONS = 3, 10
+
+
+def one_ms_function() -> None:
+    """About 1 ms of pure-Python work that keeps nothing."""
+    deadline = time.perf_counter() + 0.001
+    while time.perf_counter() < deadline:
+        pass
+
+
+def summary_tracker_baseline(calls: int) -> float:
+    """Seconds for the naive check: a SummaryTracker diff after every call past the warm-up."""
+    start = time.perf_counter()
+    tracker = SummaryTracker()
+    for i in range(calls):
+        one_ms_function()
+        if i >= WARMUP:
+            tracker.diff()
+    return time.perf_counter() - start
+
+
+def test_leak_profiler_cost_against_summary_tracker(benchmark: Any) -> None:
+    profiler = LeakProfiler(warmup=WARMUP, iterations=ITERATIONS)
+    baseline = min(summary_tracker_baseline(profiler.total_steps) for _ in range(2))
+    report = benchmark.pedantic(profiler.check, args=(one_ms_function,), rounds=3, iterations=1)
+    assert not report.leaking, report.format()
+    mean = benchmark.stats.stats.mean
+    benchmark.extra_info["summary_tracker_seconds"] = round(baseline, 3)
+    benchmark.extra_info["leak_profiler_seconds"] = round(mean, 3)
+    benchmark.extra_info["ratio_vs_summary_tracker"] = round(mean / baseline, 3)

@@ -1,0 +1,398 @@
+"""The leak profiler: what keeps growing from one iteration to the next, and where it came from.
+
+:class:`LeakProfiler` runs a function (or a ``with`` block whose loop calls
+:meth:`~LeakProfiler.step`) for warm-up rounds, so caches and free lists settle, then measures
+it in two passes of ``iterations`` rounds each, with a full garbage collection before every
+measurement:
+
+1. untraced: RSS (after ``malloc_trim(0)``, so freed heap pages do not hide or fake growth) and a
+   census of live objects by type, in pympler's summary rows (type name, count, size);
+2. under tracemalloc: the traced bytes still alive, grouped by allocation traceback.
+
+Each figure gets a least-squares slope per iteration over its rounds, with R² and the share of
+rounds that rose. The census runs untraced because tracemalloc multiplies the cost of every
+allocation by about ten and a census allocates per object (measured: 0.04 s untraced against
+0.4 s traced for 190,000 objects); RSS is read untraced too, so tracemalloc's own tables never
+count as growth. Only consistent growth is a leak: a slope at or over the threshold, a good fit
+and growth in at least half the rounds, seen by the census *and* by tracemalloc (or, for memory
+that Python cannot see, by RSS alone).
+"""
+
+from __future__ import annotations
+
+import array
+import gc
+import itertools
+import os
+import sys
+import tracemalloc
+import types
+from collections.abc import Sequence
+from typing import Any, Callable, Optional
+
+from . import cleanup
+from ._leak_report import Fit, LeakReport, SiteGrowth, TypeGrowth
+from .health import linear_fit
+from .probes import MemoryProbe, RssReader
+
+__all__ = ["Fit", "LeakProfiler", "LeakReport", "SiteGrowth", "TypeGrowth"]
+
+#: RSS moves in 4 KiB pages and allocator arenas: below this a slope is noise, whatever the caller's
+#: threshold for Python memory.
+RSS_FLOOR_BYTES = 64 * 1024
+#: Growth counts as consistent only with a fit at least this good...
+MIN_R2 = 0.8
+#: ... and with at least this share of rounds rising.
+MIN_RISING_SHARE = 0.5
+_OWN_FILES = (
+    tracemalloc.__file__,
+    __file__,
+    os.path.join(os.path.dirname(__file__), "_leak_report.py"),
+)
+
+
+def _ignored_patterns() -> list[str]:
+    patterns = list(_OWN_FILES)
+    try:
+        import pympler
+
+        patterns.append(os.path.join(os.path.dirname(pympler.__file__), "*"))
+    except ImportError:  # pragma: no cover - pympler is a dependency
+        pass
+    return [*patterns, "<unknown>"]
+
+
+def fit_series(values: Sequence[float]) -> Fit:
+    """Least-squares growth per round of ``values`` (one reading per round), with R² and the share
+    of rounds that rose."""
+    points = [(float(i), float(v)) for i, v in enumerate(values)]
+    slope, r2 = linear_fit(points)
+    late, _ = linear_fit(points[len(points) // 2 :])
+    rises = sum(1 for a, b in itertools.pairwise(values) if b > a)
+    share = rises / (len(values) - 1) if len(values) > 1 else 0.0
+    return Fit(
+        round(slope, 1), round(r2, 3), round(share, 3), round(late, 1), [int(v) for v in values]
+    )
+
+
+def consistent(fit: Optional[Fit], threshold: float) -> bool:
+    """Growth at or over ``threshold`` per round, with a good fit, in most rounds, and still going
+    in the later half (a cache filling up levels off; a leak does not): not noise."""
+    return (
+        fit is not None
+        and fit.bytes_per_iteration >= threshold
+        and fit.r2 >= MIN_R2
+        and fit.rising_share >= MIN_RISING_SHARE
+        and still_growing(fit, threshold)
+    )
+
+
+def still_growing(fit: Optional[Fit], threshold: float) -> bool:
+    """The later half of the rounds still grows by at least half the threshold per round."""
+    return fit is not None and fit.late_bytes_per_iteration >= threshold / 2
+
+
+class LeakProfiler:
+    """Finds memory that grows per iteration: ``LeakProfiler().check(fn)`` → :class:`LeakReport`.
+
+    As a context manager, call :meth:`step` at the end of every iteration of the loop; the steps
+    are scheduled like :meth:`check`'s calls (``warmup``, then ``iterations`` untraced, then one
+    settling and ``iterations`` traced steps; later steps are counted and not measured)::
+
+        with LeakProfiler() as lp:
+            for batch in batches:
+                ingest(batch)
+                lp.step()
+        print(lp.report().format())
+
+    ``threshold_bytes`` is the growth per iteration of Python memory that counts as a leak;
+    ``rss_threshold_bytes`` the same for RSS (default: the larger of ``threshold_bytes`` and
+    64 KiB). ``rss_reader`` replaces the RSS source (for tests); ``traceback_limit`` is the number
+    of frames tracemalloc keeps per allocation; ``top`` how many types and sites are reported.
+    """
+
+    def __init__(
+        self,
+        warmup: int = 3,
+        iterations: int = 10,
+        *,
+        threshold_bytes: float = 1024,
+        rss_threshold_bytes: Optional[float] = None,
+        top: int = 10,
+        traceback_limit: int = 8,
+        rss_reader: Optional[RssReader] = None,
+    ) -> None:
+        if not isinstance(warmup, int) or warmup < 0:
+            raise ValueError(f"warmup={warmup!r} is not valid: expected a whole number >= 0")
+        if not isinstance(iterations, int) or iterations < 2:
+            raise ValueError(
+                f"iterations={iterations!r} is not valid: expected a whole number "
+                ">= 2 (a slope needs at least two measured rounds)"
+            )
+        if threshold_bytes <= 0:
+            raise ValueError(
+                f"threshold_bytes={threshold_bytes!r} is not valid: expected bytes "
+                "per iteration above 0, e.g. 1024"
+            )
+        self.warmup = warmup
+        self.iterations = iterations
+        self.threshold_bytes = float(threshold_bytes)
+        self.rss_threshold_bytes = float(
+            rss_threshold_bytes
+            if rss_threshold_bytes is not None
+            else max(threshold_bytes, RSS_FLOOR_BYTES)
+        )
+        self.top = top
+        self.traceback_limit = traceback_limit
+        self._rss_reader = rss_reader
+        self._report: Optional[LeakReport] = None
+        self._reset()
+
+    @property
+    def total_steps(self) -> int:
+        """Calls (or :meth:`step` calls) a full profile takes: ``warmup + 2 * iterations + 1``."""
+        return self.warmup + 2 * self.iterations + 1
+
+    def _reset(self) -> None:
+        # Every buffer that lives across the census is allocated here at its final size, and
+        # excluded from the census by identity (see _own_ids), so it never counts as growth.
+        n = self.iterations + 1
+        self._steps = 0
+        self._rss = array.array("d", bytes(8 * n))
+        self._objects = array.array("d", bytes(8 * n))
+        self._types: dict[str, array.array[float]] = {}
+        self._traced = array.array("d", bytes(8 * n))
+        self._sites: list[dict[tracemalloc.Traceback, tuple[int, int]]] = []
+        self._we_started_tracing = False
+        self._probe: Optional[MemoryProbe] = None
+        self._filters: list[tracemalloc.Filter] = []
+        self._active = False
+
+    # -- the two entry points ------------------------------------------------------------------
+    def check(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> LeakReport:
+        """Call ``fn(*args, **kwargs)`` :attr:`total_steps` times and report what grew."""
+        with self:
+            for _ in range(self.total_steps):
+                fn(*args, **kwargs)
+                self.step()
+        return self.report()
+
+    def __enter__(self) -> LeakProfiler:
+        if self._active:
+            raise RuntimeError("this LeakProfiler is already profiling; use a second one")
+        self._reset()
+        self._report = None
+        self._active = True
+        import pympler.summary  # noqa: F401  # imported before the first census, not during
+
+        self._probe = (
+            MemoryProbe(self._rss_reader)
+            if self._rss_reader is not None
+            else MemoryProbe(use_kernel_peak=False)
+        )
+        if self.warmup == 0:
+            self._measure_untraced(0)
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        try:
+            if exc[0] is None:
+                self._report = self._build_report()
+        finally:
+            self._finish()
+
+    def step(self) -> None:
+        """Mark the end of one iteration; measures when the schedule says so."""
+        if not self._active:
+            raise RuntimeError("LeakProfiler.step() called outside its `with` block")
+        self._steps += 1
+        k, w, n = self._steps, self.warmup, self.iterations
+        if w <= k <= w + n:
+            self._measure_untraced(k - w)
+            if k == w + n:
+                self._start_tracing()
+        elif w + n + 1 <= k <= w + 2 * n + 1:
+            self._measure_traced(k - w - n - 1)
+            if k == w + 2 * n + 1:
+                self._stop_tracing()
+
+    def report(self) -> LeakReport:
+        """The report: built when the ``with`` block ends, or from the rounds measured so far."""
+        if self._report is None:
+            self._report = self._build_report()
+        return self._report
+
+    # -- measurements --------------------------------------------------------------------------
+    def _measure_untraced(self, i: int) -> None:
+        gc.collect()
+        if cleanup._malloc_trim is not None:
+            cleanup._malloc_trim(0)  # hand freed heap pages back so RSS shows live memory only
+        assert self._probe is not None
+        self._rss[i] = self._probe.rss_bytes()
+        total = 0
+        for name, (count, size) in self._census().items():
+            row = self._types.get(name)
+            if row is None:
+                row = self._types[name] = array.array("d", bytes(16 * (self.iterations + 1)))
+            row[2 * i] = count
+            row[2 * i + 1] = size
+            total += size
+        self._objects[i] = total
+
+    def _own_ids(self) -> set[int]:
+        own = {id(self._rss), id(self._objects), id(self._traced), id(self._types), id(self._sites)}
+        own.update(map(id, self._types))
+        own.update(map(id, self._types.values()))
+        return own
+
+    def _census(self) -> dict[str, tuple[int, int]]:
+        """Live objects by type name, as pympler's summary rows: gc-tracked objects plus the
+        untracked ones they refer to (str, int, bytes...), each counted once, frames and this
+        profiler's own buffers left out."""
+        from pympler import summary
+
+        objs = gc.get_objects()
+        loose = {id(r): r for r in gc.get_referents(*objs) if not gc.is_tracked(r)}
+        skip = self._own_ids()
+        skip.update((id(objs), id(loose)))
+        groups: dict[type, list[Any]] = {}
+        sizeof = sys.getsizeof
+        for seq in (objs, loose.values()):
+            for o in seq:
+                t = type(o)
+                if t is types.FrameType or id(o) in skip:
+                    continue
+                g = groups.get(t)
+                if g is None:
+                    groups[t] = g = [0, 0, o]
+                g[0] += 1
+                g[1] += sizeof(o)
+        rows: dict[str, tuple[int, int]] = {}
+        for g in groups.values():
+            # pympler's own name for the type: module-qualified, addresses removed.
+            name = summary.summarize([g[2]])[0][0]
+            count, size = rows.get(name, (0, 0))
+            rows[name] = (count + g[0], size + g[1])
+        return rows
+
+    def _start_tracing(self) -> None:
+        self._filters = [tracemalloc.Filter(False, p) for p in _ignored_patterns()]
+        if not tracemalloc.is_tracing():
+            tracemalloc.start(self.traceback_limit)
+            self._we_started_tracing = True
+
+    def _stop_tracing(self) -> None:
+        if self._we_started_tracing and tracemalloc.is_tracing():
+            tracemalloc.stop()
+        self._we_started_tracing = False
+
+    def _measure_traced(self, i: int) -> None:
+        if i == 0:
+            return  # the settling step: what it allocates replaces untraced objects
+        gc.collect()
+        snapshot = tracemalloc.take_snapshot().filter_traces(self._filters)
+        # The filters look at the most recent frame only; what tracemalloc's own code caches on
+        # its first calls (ABC checks, fnmatch patterns) has tracemalloc.py deeper in the stack.
+        sites = {
+            s.traceback: (s.size, s.count)
+            for s in snapshot.statistics("traceback")
+            if not any(f.filename == tracemalloc.__file__ for f in s.traceback)
+        }
+        self._sites.append(sites)
+        self._traced[i - 1] = sum(size for size, _ in sites.values())
+
+    def _finish(self) -> None:
+        self._stop_tracing()
+        if self._probe is not None:
+            self._probe.close()
+        self._probe = None
+        self._active = False
+        # Drop every buffer so a later run does not see this one's objects go away or stay.
+        self._types = {}
+        self._sites = []
+
+    # -- the report ----------------------------------------------------------------------------
+    @property
+    def _floor(self) -> float:
+        # Types and sites growing by less than a sixteenth of the threshold are noise to a reader.
+        return self.threshold_bytes / 16
+
+    def _build_report(self) -> LeakReport:
+        w, n = self.warmup, self.iterations
+        untraced_rounds = max(0, min(self._steps - w + 1, n + 1))
+        rss = fit_series(self._rss[:untraced_rounds]) if untraced_rounds >= 2 else None
+        objects = fit_series(self._objects[:untraced_rounds]) if untraced_rounds >= 2 else None
+        traced = fit_series(self._traced[: len(self._sites)]) if len(self._sites) >= 2 else None
+        if traced is None:
+            python = consistent(objects, self.threshold_bytes)
+        else:
+            # Each view corroborates the other: tracemalloc alone would count objects that replace
+            # untraced ones as growth, the census alone cannot say where they came from.
+            python = (
+                consistent(traced, self.threshold_bytes)
+                and still_growing(objects, self.threshold_bytes)
+            ) or (
+                consistent(objects, self.threshold_bytes)
+                and still_growing(traced, self.threshold_bytes)
+            )
+        native = not python and consistent(rss, self.rss_threshold_bytes)
+        best = traced or objects
+        if python and best is not None:
+            growth = best.bytes_per_iteration
+        elif native and rss is not None:
+            growth = rss.bytes_per_iteration
+        else:  # what Python memory still grows by at the end, by the view that sees least
+            growth = min((f.late_bytes_per_iteration for f in (traced, objects) if f), default=0.0)
+        return LeakReport(
+            leaking=python or native,
+            growth_bytes_per_iteration=growth,
+            top_types=self._top_types(untraced_rounds),
+            top_sites=self._top_sites(),
+            source="python" if python else "rss" if native else None,
+            traced=traced,
+            objects=objects,
+            rss=rss,
+            threshold_bytes=self.threshold_bytes,
+            rss_threshold_bytes=self.rss_threshold_bytes,
+            warmup=w,
+            iterations=n,
+            tracemalloc_saw_growth=still_growing(traced, self.threshold_bytes),
+        )
+
+    def _top_types(self, rounds: int) -> list[TypeGrowth]:
+        if rounds < 2:
+            return []
+        found = []
+        for name, row in self._types.items():
+            count = fit_series(row[0 : 2 * rounds : 2])
+            size = fit_series(row[1 : 2 * rounds : 2])
+            if size.bytes_per_iteration >= self._floor and size.series[-1] > size.series[0]:
+                found.append(
+                    TypeGrowth(
+                        name,
+                        count.bytes_per_iteration,
+                        size.bytes_per_iteration,
+                        count.series[-1],
+                        size.series[-1],
+                    )
+                )
+        found.sort(key=lambda t: t.bytes_per_iteration, reverse=True)
+        return found[: self.top]
+
+    def _top_sites(self) -> list[SiteGrowth]:
+        rounds = self._sites
+        if len(rounds) < 2:
+            return []
+        found = []
+        for tb in set(rounds[-1]).union(*rounds[:-1]):
+            size = fit_series([r.get(tb, (0, 0))[0] for r in rounds])
+            count = fit_series([r.get(tb, (0, 0))[1] for r in rounds])
+            if size.bytes_per_iteration >= self._floor and size.series[-1] > size.series[0]:
+                found.append((size, count, tb))
+        found.sort(key=lambda f: f[0].bytes_per_iteration, reverse=True)
+        return [
+            SiteGrowth.from_traceback(
+                tb, size.bytes_per_iteration, count.bytes_per_iteration, size.series[-1], _OWN_FILES
+            )
+            for size, count, tb in found[: self.top]
+        ]
