@@ -45,6 +45,7 @@ class _Loop:
         budget = self.budget
         budget.processed += count
         budget.batch_sizes.append(count)
+        budget.monitor.record_batch(count)
         self.peak = int(window.close())
         budget._note_peak(self.peak)
         self.sizer.learn(count, start_rss, self.peak, budget.limit_bytes())

@@ -107,6 +107,9 @@ class MemoryMonitor:
         self._last_result: Optional[CleanupResult] = None
         self._after_cleanup: collections.deque[tuple[float, float]] = collections.deque(maxlen=50)
         self._queue_overflows = 0
+        # Budgets' batches, for exporters: count, items, last size, counts by power-of-two size.
+        self._batches = {"count": 0, "items": 0, "last_size": 0}
+        self._batch_buckets: dict[int, int] = {}
         self._peak_mb = 0.0
         self._started_at = self._clock()
         self._last_gc = self._started_at
@@ -428,6 +431,39 @@ class MemoryMonitor:
     def operations(self) -> dict[str, dict[str, Any]]:
         with self._lock:
             return {name: stats.to_dict() for name, stats in self._ops.items()}
+
+    def record_batch(self, size: int) -> None:
+        """Count one finished batch of ``size`` items (budgets' ``chunks()`` call this)."""
+        upper = 1 << max(0, size - 1).bit_length()  # the power of two at or above size
+        with self._lock:
+            self._batches["count"] += 1
+            self._batches["items"] += size
+            self._batches["last_size"] = size
+            self._batch_buckets[upper] = self._batch_buckets.get(upper, 0) + 1
+
+    def counters(self) -> dict[str, Any]:
+        """Exact cumulative figures, for exporters (Prometheus): cleanups and bytes freed by
+        strategy, alerts by severity, cleanup-queue overflows, operations (calls, errors, total
+        and longest seconds, peak MB) and batches (count, items, last size, and ``buckets``:
+        batches by size, keyed by the power of two at or above it)."""
+        with self._lock:
+            return {
+                "cleanups": dict(self._cleanup_counts),
+                "freed_bytes": dict(self._freed_bytes),
+                "alerts": dict(self._alert_counts),
+                "queue_overflows": self._queue_overflows,
+                "operations": {
+                    name: {
+                        "calls": s.calls,
+                        "errors": s.errors,
+                        "total_seconds": s.total_seconds,
+                        "max_seconds": s.max_seconds,
+                        "peak_mb": s.peak_mb,
+                    }
+                    for name, s in self._ops.items()
+                },
+                "batches": {**self._batches, "buckets": dict(sorted(self._batch_buckets.items()))},
+            }
 
     # -- health
     def get_health_status(self) -> dict[str, Any]:

@@ -1,0 +1,283 @@
+"""Dask distributed: workers guarded below Dask's pause mark, cluster health, guarded_map."""
+
+from __future__ import annotations
+
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import pytest
+
+pytest.importorskip("distributed")
+import cloudpickle
+from distributed import Client, LocalCluster, get_worker
+
+from zerorag_guard import ConfigError, get_monitor
+from zerorag_guard.integrations.dask import (
+    GuardedMapError,
+    GuardedMapResult,
+    MemoryGuardPlugin,
+    cluster_health,
+    guard_thresholds,
+    guarded_map,
+    worker_health,
+)
+from zerorag_guard.probes import MB
+
+MEMORY_LIMIT = 400_000_000  # "400MB" as Dask reads it: decimal bytes
+PAUSE = 0.8  # Dask's default pause fraction
+ITEM_BYTES = 300_000  # working memory each item holds while its chunk is processed
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "dask.md"
+# Dask's own measures leave these lines in the worker and nanny logs.
+PAUSED = re.compile(r"Pausing worker")
+RESTARTED = re.compile(r"Restarting worker|was killed|exceeded \d+% memory budget", re.I)
+
+
+def embed(chunk: list[int]) -> list[tuple[int, int]]:
+    """A stand-in for embedding: every item holds ITEM_BYTES until the chunk is done."""
+    held = [bytes([item % 251]) * ITEM_BYTES for item in chunk]
+    return [(item, buf[0]) for item, buf in zip(chunk, held)]
+
+
+def fail_on_250(chunk: list[int]) -> list[int]:
+    if 250 in chunk:
+        raise ZeroDivisionError("item 250 is poisoned")
+    return [item * 10 for item in chunk]
+
+
+def drop_one(chunk: list[int]) -> list[int]:
+    return chunk[1:]
+
+
+@pytest.fixture(scope="module")
+def client() -> Iterator[Client]:
+    # The workers are spawned processes: ship this module's functions by value.
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    cluster = LocalCluster(
+        n_workers=2,
+        threads_per_worker=1,
+        processes=True,
+        memory_limit="400MB",
+        dashboard_address=":0",  # a free port: no clash with other clusters
+    )
+    c = Client(cluster, timeout="30s")
+    try:
+        c.wait_for_workers(2, timeout=30)
+        c.register_plugin(MemoryGuardPlugin())
+        yield c
+    finally:
+        c.close(timeout=10)
+        cluster.close(timeout=10)
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+
+
+def _log_lines(c: Client, pattern: re.Pattern[str], nanny: bool = False) -> list[str]:
+    logs = c.get_worker_logs(nanny=nanny)
+    return [msg for lines in logs.values() for _, msg in lines if pattern.search(msg)]
+
+
+# -- thresholds ------------------------------------------------------------------------------------
+
+
+def test_thresholds_sit_below_dask_pause_mark() -> None:
+    t = guard_thresholds(MEMORY_LIMIT)
+    pause_mb = PAUSE * MEMORY_LIMIT / MB
+    assert t["critical_threshold_mb"] == pytest.approx(0.95 * pause_mb)
+    assert t["threshold_mb"] == pytest.approx(0.95 * pause_mb / 1.2)
+    custom = guard_thresholds(MEMORY_LIMIT, anchor="spill", critical_share=0.9, main_share=0.5)
+    assert custom["critical_threshold_mb"] == pytest.approx(0.9 * 0.7 * MEMORY_LIMIT / MB)
+    assert custom["threshold_mb"] == pytest.approx(0.45 * 0.7 * MEMORY_LIMIT / MB)
+
+
+def test_switched_off_pause_falls_back_to_terminate_then_the_limit() -> None:
+    marks: dict[str, Any] = {"target": 0.6, "spill": 0.7, "pause": False, "terminate": 0.95}
+    t = guard_thresholds(MEMORY_LIMIT, fractions=marks)
+    assert t["critical_threshold_mb"] == pytest.approx(0.95 * 0.95 * MEMORY_LIMIT / MB)
+    marks["terminate"] = False
+    t = guard_thresholds(MEMORY_LIMIT, fractions=marks)
+    assert t["critical_threshold_mb"] == pytest.approx(0.95 * MEMORY_LIMIT / MB)
+
+
+@pytest.mark.parametrize(
+    "kwargs", [{"anchor": "oom"}, {"critical_share": 1.5}, {"main_share": 1.0}]
+)
+def test_bad_plugin_arguments_are_refused_on_the_client(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError, match=next(iter(kwargs))):
+        MemoryGuardPlugin(**kwargs)
+
+
+def test_a_misspelt_setting_is_refused_on_the_client() -> None:
+    with pytest.raises(ConfigError, match="batch_sise"):
+        MemoryGuardPlugin(batch_sise=50)
+
+
+def _fake_worker(limit: Any) -> Any:
+    manager = SimpleNamespace(
+        memory_limit=limit,
+        memory_target_fraction=0.6,
+        memory_spill_fraction=0.7,
+        memory_pause_fraction=0.8,
+    )
+    return SimpleNamespace(memory_manager=manager, address="tcp://fake:1")
+
+
+@pytest.mark.parametrize("limit", [None, 0])
+def test_worker_without_a_memory_limit_keeps_its_settings(limit: Any) -> None:
+    monitor = get_monitor()
+    before = monitor.config
+    MemoryGuardPlugin().setup(_fake_worker(limit))
+    assert monitor.config == before
+    assert monitor.running
+
+
+def test_plugin_configures_the_process_monitor_from_the_worker_limit() -> None:
+    MemoryGuardPlugin(batch_size=7).setup(_fake_worker(MEMORY_LIMIT))
+    cfg = get_monitor().config
+    assert cfg.critical_threshold_mb == pytest.approx(0.95 * PAUSE * MEMORY_LIMIT / MB)
+    assert cfg.threshold_mb == pytest.approx(cfg.critical_threshold_mb / 1.2)
+    assert cfg.preventive_threshold_mb < cfg.threshold_mb
+    assert cfg.batch_size == 7
+
+
+# -- on a real cluster -----------------------------------------------------------------------------
+
+
+def test_guarded_map_keeps_workers_below_dask_pause(client: Client) -> None:
+    n, partition = 6000, 1500
+    pids = set(client.run(os.getpid).values())
+    paused_before = len(_log_lines(client, PAUSED))
+    baseline_mb = max(client.run(lambda: get_monitor().rss_mb()).values())
+    pause_mb = PAUSE * MEMORY_LIMIT / MB
+    # Unguarded, a worker would hold a whole partition at once: far past Dask's pause mark.
+    assert baseline_mb + partition * ITEM_BYTES / MB > 1.3 * pause_mb
+
+    # batch_size=partition: only the budget, not BATCH_SIZE, keeps the chunks small.
+    result = guarded_map(
+        client, embed, range(n), partition_size=partition, batch_size=partition, timeout=120
+    )
+
+    assert isinstance(result, GuardedMapResult)
+    assert result == [(i, i % 251) for i in range(n)]  # every item once, in item order
+    reports = result.partitions
+    assert [(p.index, p.start, p.stop) for p in reports] == [
+        (i, i * partition, (i + 1) * partition) for i in range(4)
+    ]
+    assert all(sum(p.batch_sizes) == p.stats["processed"] == partition for p in reports)
+    assert all(max(p.batch_sizes) < partition for p in reports)  # the budget split them
+    assert all(p.stats["peak_mb"] < pause_mb for p in reports)
+    assert {p.pid for p in reports} <= pids
+
+    health = cluster_health(client)
+    assert len(health["workers"]) == 2
+    for h in health["workers"].values():
+        assert h["dask"]["status"] == "running"
+        assert h["dask"]["guarded"]
+        # The kernel's high-water mark over the worker's life, start-up included.
+        assert h["memory_usage"]["lifetime_peak_mb"] < pause_mb
+    assert set(client.run(os.getpid).values()) == pids  # no worker restarted
+    assert len(_log_lines(client, PAUSED)) == paused_before  # no worker paused
+    assert not _log_lines(client, RESTARTED, nanny=True)
+    statuses = {w["status"] for w in client.scheduler_info()["workers"].values()}
+    assert statuses == {"running"}
+
+
+def test_cluster_health_shows_every_worker_and_a_summary(client: Client) -> None:
+    health = cluster_health(client)
+    workers, summary = health["workers"], health["summary"]
+    assert set(workers) == set(client.scheduler_info()["workers"])
+    expected = guard_thresholds(MEMORY_LIMIT)
+    for address, h in workers.items():
+        assert h["dask"]["address"] == address
+        assert h["dask"]["memory_limit_mb"] == pytest.approx(MEMORY_LIMIT / MB, abs=0.1)
+        assert h["memory_usage"]["critical_threshold_mb"] == pytest.approx(
+            expected["critical_threshold_mb"]
+        )
+        assert h["memory_usage"]["threshold_mb"] == pytest.approx(expected["threshold_mb"])
+        assert h["services"]["sampler"]
+    assert summary["workers"] == 2
+    assert summary["worst_score"] == min(h["health_score"] for h in workers.values())
+    assert summary["total_limit_mb"] == pytest.approx(2 * MEMORY_LIMIT / MB, abs=0.2)
+    assert summary["total_rss_mb"] == pytest.approx(
+        sum(h["memory_usage"]["rss_mb"] for h in workers.values()), abs=0.2
+    )
+    assert sum(summary["levels"].values()) == 2
+    assert summary["unguarded"] == []
+    assert summary["errors"] == {}
+
+
+def test_worker_health_runs_on_each_worker(client: Client) -> None:
+    replies = client.run(worker_health)
+    assert {r["dask"]["address"] for r in replies.values()} == set(replies)
+    assert len({r["pid"] for r in replies.values()}) == 2
+
+
+def test_a_failing_partition_is_reported_and_the_rest_kept(client: Client) -> None:
+    with pytest.raises(GuardedMapError) as caught:
+        guarded_map(client, fail_on_250, range(500), partition_size=100, timeout=60)
+    err = caught.value
+    assert set(err.failed) == {2}
+    assert isinstance(err.failed[2], ZeroDivisionError)
+    assert err.ranges[2] == (200, 300)
+    assert "partition 2 (items 200..299)" in str(err)
+    assert sorted(err.results) == [0, 1, 3, 4]
+    for i, results in err.results.items():
+        assert results == [item * 10 for item in range(i * 100, (i + 1) * 100)]
+    assert sorted(p.index for p in err.partitions) == [0, 1, 3, 4]
+
+
+def test_fn_must_return_one_result_per_item(client: Client) -> None:
+    with pytest.raises(GuardedMapError) as caught:
+        guarded_map(client, drop_one, range(10), partition_size=5, timeout=60)
+    assert set(caught.value.failed) == {0, 1}
+    message = str(caught.value.failed[0])
+    assert "one result per item" in message and "returned 0 results" in message
+
+
+def test_partition_size_must_be_a_positive_int(client: Client) -> None:
+    with pytest.raises(ValueError, match="partition_size=0"):
+        guarded_map(client, embed, range(3), partition_size=0)
+
+
+def hold_until_paused(n: int) -> str:
+    """The unguarded contrast: hold n items at once, until Dask pauses the worker (10 s at most)."""
+    held = [bytes([item % 251]) * ITEM_BYTES for item in range(n)]
+    worker = get_worker()
+    deadline = time.monotonic() + 10
+    while worker.status.name != "paused" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    del held
+    return str(worker.status.name)
+
+
+def test_unguarded_the_same_work_pauses_a_worker(client: Client) -> None:
+    # Proves the log and status checks above can fail: one unguarded chunk of items, sized to
+    # land between Dask's pause (80%) and terminate (95%) marks, pauses its worker.
+    paused_before = len(_log_lines(client, PAUSED))
+    baseline_mb = max(client.run(lambda: get_monitor().rss_mb()).values())
+    n = int((0.88 * MEMORY_LIMIT / MB - baseline_mb) * MB / ITEM_BYTES)
+    status = client.submit(hold_until_paused, n, pure=False).result(timeout=30)
+    assert status == "paused"
+    assert len(_log_lines(client, PAUSED)) > paused_before
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:  # the memory is freed: the worker resumes
+        if set(client.run(lambda dask_worker: dask_worker.status.name).values()) == {"running"}:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("the worker did not resume after the unguarded chunk freed its memory")
+
+
+# -- the docs example ------------------------------------------------------------------------------
+
+
+def test_the_docs_example_runs() -> None:
+    blocks = re.findall(r"```python\n(.*?)```", DOCS.read_text(), re.S)
+    example = next(b for b in blocks if "LocalCluster(" in b)
+    namespace: dict[str, Any] = {"__name__": "__main__"}
+    exec(compile(example, str(DOCS), "exec"), namespace)
+    assert namespace["results"] == [len(f"document {i}") for i in range(2000)]

@@ -1,0 +1,1 @@
+"""Integrations of zerorag_guard with other engines: vector stores, Dask distributed, Prometheus."""
