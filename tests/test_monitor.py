@@ -292,7 +292,7 @@ def test_error_rate_alert_once_until_recovered(monitor: MemoryMonitor) -> None:
 def cleanup_counts(m: MemoryMonitor) -> dict[str, int]:
     # Read without get_health_status(), whose own fresh sample could run a cleanup too.
     with m._lock:
-        return dict(m._cleanup_counts)
+        return m.counters()["cleanups"]
 
 
 def test_levels_run_their_cleanups_within_cool_downs(readings: Readings, clock: Clock) -> None:
@@ -326,10 +326,10 @@ def test_high_level_queues_standard_cleanup_to_the_worker(readings: Readings, cl
     readings.set(1050)
     m.sample()
     assert cleared.wait(10), "the queued standard cleanup never ran"
-    m._worker.join(timeout=10)
+    m.wait_for_cleanups(timeout=10)
     assert cleanup_counts(m)["standard"] == 1
     m.sample()
-    m._worker.join(timeout=10)
+    m.wait_for_cleanups(timeout=10)
     assert cleanup_counts(m)["standard"] == 1  # within the cool-down
     m.stop()
 
@@ -383,7 +383,7 @@ def test_cleanup_queue_overflow_raises_an_alert(readings: Readings) -> None:
         release.set()
     overflow = [a for a in m.alerts if a.kind == "cleanup_queue_overflow"]
     assert len(overflow) == 1 and overflow[0].severity == "high"
-    m._worker.join(timeout=10)
+    m.wait_for_cleanups(timeout=10)
     health = m.get_health_status()
     assert any("cleanup queue overflowed 1 times" in i for i in health["health_issues"])
     assert health["cleanups"]["standard"]["count"] == 2

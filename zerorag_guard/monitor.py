@@ -16,48 +16,21 @@ import os
 import threading
 import time
 import weakref
-from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
 from . import health
-from .cleanup import STRATEGIES, Cleaner, CleanupResult, CleanupWorker
+from .alerts import AlertLog, Listener
+from .cleanup import STRATEGIES, Cleaner, CleanupResult
 from .config import GuardConfig
-from .events import CLEANUP_FOR_LEVEL, SEVERITY_FOR_LEVEL, Alert, Level, Sample
+from .events import SEVERITY_FOR_LEVEL, Alert, Level, Sample
 from .limits import EffectiveLimit, effective_limit
+from .operations import OperationLog
 from .probes import MB, MemoryProbe
+from .scheduling import CleanupScheduler
 
 logger = logging.getLogger("zerorag_guard")
-Listener = Callable[[Alert], None]
-_LOG_LEVEL = {
-    "info": logging.INFO,
-    "medium": logging.WARNING,
-    "high": logging.ERROR,
-    "critical": logging.CRITICAL,
-}
 #: How often the sampler re-reads the effective limit (a container can be resized live).
 LIMIT_REFRESH_SECONDS = 30.0
-
-
-@dataclass
-class OperationStats:
-    """Per-operation figures fed by guarded calls."""
-
-    calls: int = 0
-    errors: int = 0
-    total_seconds: float = 0.0
-    max_seconds: float = 0.0
-    peak_mb: float = 0.0
-    error_alerted: bool = False
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "calls": self.calls,
-            "errors": self.errors,
-            "error_rate": self.errors / self.calls if self.calls else 0.0,
-            "avg_seconds": self.total_seconds / self.calls if self.calls else 0.0,
-            "max_seconds": self.max_seconds,
-            "peak_mb": round(self.peak_mb, 1),
-        }
 
 
 class MemoryMonitor:
@@ -82,7 +55,6 @@ class MemoryMonitor:
         self._limit_reader = limit_reader or effective_limit
         self._clock = clock
         self._wall = wall
-        self._listeners: list[Listener] = []
         self._cleaner = Cleaner(self._probe.rss_bytes, clock)
         self._thread: Optional[threading.Thread] = None
         self._init_state(self._initial_config)
@@ -95,27 +67,16 @@ class MemoryMonitor:
         self._marks = self._compute_marks(config)
         self._level = Level.NORMAL
         self._history: collections.deque[Sample] = collections.deque(maxlen=config.history_size)
-        self._alerts: collections.deque[Alert] = collections.deque(maxlen=config.alert_history_size)
-        self._alert_counts = dict.fromkeys(("info", "medium", "high", "critical"), 0)
-        self._ops: dict[str, OperationStats] = {}
-        self._op_times: collections.deque[tuple[str, float]] = collections.deque(
-            maxlen=config.operation_history_size
-        )
-        self._cleanup_counts = dict.fromkeys(STRATEGIES, 0)
-        self._freed_bytes = dict.fromkeys(STRATEGIES, 0)
-        self._last_cleanup: dict[str, float] = {}
-        self._last_result: Optional[CleanupResult] = None
-        self._after_cleanup: collections.deque[tuple[float, float]] = collections.deque(maxlen=50)
-        self._queue_overflows = 0
-        # Budgets' batches, for exporters: count, items, last size, counts by power-of-two size.
-        self._batches = {"count": 0, "items": 0, "last_size": 0}
-        self._batch_buckets: dict[int, int] = {}
+        self._alerts = AlertLog(config.alert_history_size)
+        self._ops = OperationLog(config.operation_history_size)
         self._peak_mb = 0.0
         self._started_at = self._clock()
         self._last_gc = self._started_at
         self._limit: Optional[EffectiveLimit] = None
         self._limit_read_at = float("-inf")
-        self._worker = CleanupWorker(self._run_queued, config.cleanup_queue_size)
+        self._cleanups = CleanupScheduler(
+            self._cleaner, self._clock, lambda: self._config, self.alert, self._trim
+        )
 
     @staticmethod
     def _compute_marks(c: GuardConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
@@ -150,17 +111,12 @@ class MemoryMonitor:
             if new.history_size != old.history_size:
                 self._history = collections.deque(self._history, maxlen=new.history_size)
             if new.alert_history_size != old.alert_history_size:
-                self._alerts = collections.deque(self._alerts, maxlen=new.alert_history_size)
+                self._alerts.resize(new.alert_history_size)
             if new.operation_history_size != old.operation_history_size:
-                self._op_times = collections.deque(
-                    self._op_times, maxlen=new.operation_history_size
-                )
+                self._ops.resize(new.operation_history_size)
             retired = None
             if new.cleanup_queue_size != old.cleanup_queue_size:
-                retired, self._worker = (
-                    self._worker,
-                    CleanupWorker(self._run_queued, new.cleanup_queue_size),
-                )
+                retired = self._cleanups.resize_queue(new.cleanup_queue_size)
         if retired is not None:
             retired.stop()  # outside the lock: its last cleanup may need the lock to finish
         logger.info("settings changed: %s", ", ".join(f"{k}={v!r}" for k, v in changes.items()))
@@ -187,7 +143,7 @@ class MemoryMonitor:
         if sample.rss_mb > self._peak_mb:
             self._peak_mb = sample.rss_mb
         if level > Level.NORMAL:
-            self._cleanup_for(level)
+            self._cleanups.for_level(level)
         return sample
 
     def rss_mb(self) -> float:
@@ -204,7 +160,7 @@ class MemoryMonitor:
 
     @property
     def alerts(self) -> list[Alert]:
-        return list(self._alerts)
+        return self._alerts.items()
 
     def effective_limit(self, refresh: bool = False) -> EffectiveLimit:
         """The binding memory limit (host, cgroup or rlimit), re-read every 30 s at most."""
@@ -254,10 +210,7 @@ class MemoryMonitor:
         **data: Any,
     ) -> Alert:
         """Record an alert, log it on the ``zerorag_guard`` logger and tell every listener."""
-        if severity not in self._alert_counts:
-            raise ValueError(
-                f"alert severity {severity!r} is not one of {', '.join(self._alert_counts)}"
-            )
+        self._alerts.check_severity(severity)
         item = Alert(
             self._wall(),
             severity,
@@ -267,30 +220,15 @@ class MemoryMonitor:
             self._level if level is None else level,
             data,
         )
-        with self._lock:
-            self._alerts.append(item)
-            self._alert_counts[severity] += 1
-            listeners = list(self._listeners)
-        logger.log(_LOG_LEVEL[severity], "[%s] %s", severity, message)
-        for listener in listeners:
-            try:
-                listener(item)
-            except Exception:
-                logger.exception("alert listener %r failed; the monitor goes on", listener)
+        self._alerts.emit(item)
         return item
 
     def add_listener(self, callback: Listener) -> Listener:
         """Call ``callback(alert)`` on every alert; returns it, so it can serve as a decorator."""
-        if not callable(callback):
-            raise TypeError(f"add_listener() takes a callable, got {type(callback).__name__}")
-        with self._lock:
-            self._listeners.append(callback)
-        return callback
+        return self._alerts.add_listener(callback)
 
     def remove_listener(self, callback: Listener) -> None:
-        with self._lock:
-            # ==, not is: obj.method makes a new bound-method object on every access.
-            self._listeners = [c for c in self._listeners if c != callback]
+        self._alerts.remove_listener(callback)
 
     # -- cleanup
     def register_cache(self, cache: Any) -> Any:
@@ -307,83 +245,36 @@ class MemoryMonitor:
         if strategy not in STRATEGIES:
             raise ValueError(f"cleanup strategy {strategy!r} is not one of {', '.join(STRATEGIES)}")
         if not wait and strategy == "standard":
-            self._queue_standard()
+            self._cleanups.queue_standard()
             return None
-        return self._run(strategy)
-
-    def _run(self, strategy: str) -> CleanupResult:
-        self._last_cleanup[strategy] = self._clock()
-        result = self._cleaner.run(strategy, self._trim)
-        with self._lock:
-            self._cleanup_counts[strategy] += 1
-            self._freed_bytes[strategy] += result.freed_bytes
-            self._last_result = result
-            if strategy != "light":
-                self._after_cleanup.append((self._clock(), result.rss_after / MB))
-        return result
-
-    def _run_queued(self, strategy: str) -> None:
-        self._run(strategy)
-
-    def _queue_standard(self) -> bool:
-        self._last_cleanup["standard"] = self._clock()
-        if self._worker.submit("standard"):
-            return True
-        self._queue_overflows += 1
-        self.alert(
-            "high",
-            "cleanup_queue_overflow",
-            f"cleanup queue full ({self._config.cleanup_queue_size} pending); "
-            "standard cleanup dropped",
-            queue_size=self._config.cleanup_queue_size,
-        )
-        return False
+        return self._cleanups.run(strategy)
 
     def cleanup_due(self, strategy: str) -> bool:
         """Whether ``strategy`` is past its cool-down and, for the routine ones (light and
         standard), within the GC time budget."""
-        cfg = self._config
-        cooldown = (
-            cfg.aggressive_cooldown_seconds
-            if strategy == "aggressive"
-            else cfg.cleanup_cooldown_seconds
-        )
-        if self._clock() - self._last_cleanup.get(strategy, float("-inf")) < cooldown:
-            return False
-        return strategy == "aggressive" or self._cleaner.within_gc_budget(cfg.gc_time_budget)
+        return self._cleanups.due(strategy)
 
-    def _cleanup_for(self, level: Level) -> None:
-        """Run the cleanup a level calls for, unless it ran within its cool-down."""
-        strategy = CLEANUP_FOR_LEVEL[level]
-        if not self.cleanup_due(strategy):
-            return
-        if strategy == "standard":
-            self._queue_standard()
-        else:
-            self._run(strategy)
+    def wait_for_cleanups(self, timeout: Optional[float] = None) -> None:
+        """Wait until the queued (standard) cleanups have run."""
+        self._cleanups.worker.join(timeout)
 
     def _trim(self, strategy: str) -> int:
         """Drop old history after a cleanup; returns the number of entries dropped."""
         with self._lock:
-            before = len(self._history) + len(self._alerts) + len(self._op_times)
+            before = len(self._history)
             if strategy == "aggressive":
                 keep = max(10, self._config.history_size // 10)
                 self._history = collections.deque(
                     list(self._history)[-keep:], maxlen=self._config.history_size
                 )
-                self._alerts = collections.deque(
-                    list(self._alerts)[-10:], maxlen=self._config.alert_history_size
-                )
-                self._op_times.clear()
-            else:
-                # Drop the oldest quarter of a full history, and alerts older than an hour.
-                if len(self._history) == self._history.maxlen:
-                    for _ in range(len(self._history) // 4):
-                        self._history.popleft()
-                horizon = self._wall() - 3600.0
-                while self._alerts and self._alerts[0].time < horizon:
-                    self._alerts.popleft()
-            return before - (len(self._history) + len(self._alerts) + len(self._op_times))
+            elif len(self._history) == self._history.maxlen:
+                # Drop the oldest quarter of a full history.
+                for _ in range(len(self._history) // 4):
+                    self._history.popleft()
+            dropped = before - len(self._history)
+        if strategy == "aggressive":
+            return dropped + self._alerts.trim(keep=10) + self._ops.clear_times()
+        return dropped + self._alerts.trim(older_than=self._wall() - 3600.0)
 
     # -- operation statistics
     def record_operation(
@@ -391,26 +282,7 @@ class MemoryMonitor:
     ) -> None:
         """Count one guarded call; raises slow-operation and error-rate alerts."""
         cfg = self._config
-        with self._lock:
-            stats = self._ops.get(name)
-            if stats is None:
-                stats = self._ops[name] = OperationStats()
-            stats.calls += 1
-            stats.errors += error
-            stats.total_seconds += seconds
-            if seconds > stats.max_seconds:
-                stats.max_seconds = seconds
-            if peak_mb > stats.peak_mb:
-                stats.peak_mb = peak_mb
-            self._op_times.append((name, seconds))
-            rate = stats.errors / stats.calls
-            error_alert = stats.calls >= 10 and rate > cfg.error_rate_threshold
-            if error_alert and stats.error_alerted:
-                error_alert = False
-            elif not error_alert and rate <= cfg.error_rate_threshold:
-                stats.error_alerted = False
-            if error_alert:
-                stats.error_alerted = True
+        crossed = self._ops.record(name, seconds, peak_mb, error, cfg.error_rate_threshold)
         if seconds > cfg.slow_operation_seconds:
             self.alert(
                 "medium",
@@ -419,51 +291,42 @@ class MemoryMonitor:
                 operation=name,
                 seconds=seconds,
             )
-        if error_alert:
+        if crossed is not None:
+            rate = crossed.errors / crossed.calls
             self.alert(
                 "high",
                 "error_rate",
-                f"{name} failed {stats.errors} of {stats.calls} calls ({rate:.0%})",
+                f"{name} failed {crossed.errors} of {crossed.calls} calls ({rate:.0%})",
                 operation=name,
                 error_rate=rate,
             )
 
-    def operations(self) -> dict[str, dict[str, Any]]:
-        with self._lock:
-            return {name: stats.to_dict() for name, stats in self._ops.items()}
-
     def record_batch(self, size: int) -> None:
         """Count one finished batch of ``size`` items (budgets' ``chunks()`` call this)."""
-        upper = 1 << max(0, size - 1).bit_length()  # the power of two at or above size
-        with self._lock:
-            self._batches["count"] += 1
-            self._batches["items"] += size
-            self._batches["last_size"] = size
-            self._batch_buckets[upper] = self._batch_buckets.get(upper, 0) + 1
+        self._ops.record_batch(size)
+
+    def operations(self) -> dict[str, dict[str, Any]]:
+        return self._ops.to_dict()
+
+    @property
+    def operation_history(self) -> list[tuple[str, float]]:
+        """Recent guarded calls as ``(name, seconds)``, newest last (bounded)."""
+        return list(self._ops.times)
 
     def counters(self) -> dict[str, Any]:
         """Exact cumulative figures, for exporters (Prometheus): cleanups and bytes freed by
         strategy, alerts by severity, cleanup-queue overflows, operations (calls, errors, total
         and longest seconds, peak MB) and batches (count, items, last size, and ``buckets``:
         batches by size, keyed by the power of two at or above it)."""
-        with self._lock:
-            return {
-                "cleanups": dict(self._cleanup_counts),
-                "freed_bytes": dict(self._freed_bytes),
-                "alerts": dict(self._alert_counts),
-                "queue_overflows": self._queue_overflows,
-                "operations": {
-                    name: {
-                        "calls": s.calls,
-                        "errors": s.errors,
-                        "total_seconds": s.total_seconds,
-                        "max_seconds": s.max_seconds,
-                        "peak_mb": s.peak_mb,
-                    }
-                    for name, s in self._ops.items()
-                },
-                "batches": {**self._batches, "buckets": dict(sorted(self._batch_buckets.items()))},
-            }
+        cleanups = self._cleanups
+        return {
+            "cleanups": dict(cleanups.counts),
+            "freed_bytes": dict(cleanups.freed_bytes),
+            "alerts": dict(self._alerts.counts),
+            "queue_overflows": cleanups.overflows,
+            "operations": self._ops.totals(),
+            "batches": self._ops.batches(),
+        }
 
     # -- health
     def get_health_status(self) -> dict[str, Any]:
@@ -477,17 +340,17 @@ class MemoryMonitor:
                 limit=self.effective_limit(),
                 peak_mb=self._peak_mb,
                 lifetime_peak_mb=self._probe.lifetime_peak() / MB,
-                alert_counts=dict(self._alert_counts),
-                recent_alerts=[a.to_dict() for a in list(self._alerts)[-5:]],
-                operations={n: s.to_dict() for n, s in self._ops.items()},
-                cleanup_counts=dict(self._cleanup_counts),
-                freed_bytes=dict(self._freed_bytes),
-                after_cleanup=list(self._after_cleanup),
-                queue_overflows=self._queue_overflows,
+                alert_counts=dict(self._alerts.counts),
+                recent_alerts=[a.to_dict() for a in self._alerts.items()[-5:]],
+                operations=self._ops.to_dict(),
+                cleanup_counts=dict(self._cleanups.counts),
+                freed_bytes=dict(self._cleanups.freed_bytes),
+                after_cleanup=list(self._cleanups.after_cleanup),
+                queue_overflows=self._cleanups.overflows,
                 services={
                     "sampler": self.running,
-                    "cleanup_worker": self._worker.alive,
-                    "cleanup_queue": self._worker.pending(),
+                    "cleanup_worker": self._cleanups.worker.alive,
+                    "cleanup_queue": self._cleanups.worker.pending(),
                     "sample_interval": self._config.sample_interval,
                     "probe": self._probe.source,
                     "kernel_peak": self._probe.kernel_peak,
@@ -522,7 +385,7 @@ class MemoryMonitor:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout=5.0)
         self._thread = None
-        self._worker.stop()
+        self._cleanups.worker.stop()
         _run_hooks(_stop_hooks, self)
 
     def _loop(self) -> None:
@@ -538,7 +401,7 @@ class MemoryMonitor:
             now = self._clock()
             if now - self._last_gc >= self._config.gc_interval_seconds:
                 self._last_gc = now
-                self._run("light")
+                self._cleanups.run("light")
             self.effective_limit()
         except Exception:
             logger.exception("monitor tick failed; sampling goes on")
@@ -549,8 +412,6 @@ class MemoryMonitor:
         was_running = self.running
         self.stop()
         self._init_state(self._initial_config)
-        with self._lock:
-            self._listeners = []
         if was_running:
             self.start()
 
@@ -559,7 +420,9 @@ class MemoryMonitor:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._thread = None
-        self._worker.after_fork()
+        self._cleanups.after_fork()
+        self._alerts.after_fork()
+        self._ops.after_fork()
         self._started_at = self._clock()
         if was_running:
             self.start()
