@@ -6,7 +6,7 @@ BIN := $(VENV)/bin
 EXTRAS := test,docs,dotenv,cli,demo,vectorstores,dask,prometheus,bench
 SOURCES := zerorag_guard tests benchmarks scripts debug_memory_usage.py
 
-.PHONY: venv lint typecheck docs test test-fast bench demo clean
+.PHONY: venv lint typecheck docs test test-fast bench demo clean reliability
 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml
 	rm -rf $(VENV)
@@ -37,10 +37,21 @@ test-fast: venv
 
 # Timed benchmarks; writes docs/benchmarks.md from the JSON.
 bench: venv
+	mkdir -p .benchmarks
 	$(BIN)/pytest benchmarks --benchmark-only --benchmark-json=.benchmarks/latest.json -q
+	$(BIN)/python benchmarks/report.py .benchmarks/latest.json docs/benchmarks.md
 
 demo: venv
-	$(BIN)/zerorag-guard report
+	$(BIN)/zerorag-guard demo
+
+# The system tests (real cgroup, soak, faults, hostile input) writing their figures to
+# .reliability/figures.json, then docs/reliability.md rendered from them. A longer soak:
+# make reliability RELIABILITY_ARGS=--soak-seconds=1800
+RELIABILITY_ARGS ?=
+reliability: venv
+	rm -f .reliability/figures.json
+	ZERORAG_RELIABILITY_JSON=.reliability/figures.json $(BIN)/pytest tests/system -q $(RELIABILITY_ARGS)
+	$(BIN)/python tests/system/report.py .reliability/figures.json docs/reliability.md
 
 clean:
-	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache .benchmarks
+	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache .benchmarks .reliability

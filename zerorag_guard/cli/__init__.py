@@ -28,6 +28,7 @@ COMMANDS = (
     "leaks",
     "configure",
     "ps",
+    "demo",
 )
 EXIT_OK = 0
 EXIT_FAILED = 1
