@@ -9,6 +9,16 @@ import pytest
 from zerorag_guard import monitor as monitor_module
 
 
+def pytest_addoption(parser: pytest.Parser) -> None:
+    # Here, not in tests/system/conftest.py: pytest reads options only from start-up conftests.
+    parser.addoption(
+        "--soak-seconds",
+        type=float,
+        default=120.0,
+        help="how long the system soak test runs, in seconds (default 120)",
+    )
+
+
 @pytest.fixture(autouse=True)
 def _fresh_global_monitor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     # The monitor reads the environment and .env: keep the developer's own settings out.

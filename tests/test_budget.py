@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from zerorag_guard import Level, MemoryBudgetExceeded, memory_budget
+from zerorag_guard import cleanup as cleanup_module
 from zerorag_guard.limits import EffectiveLimit
 from zerorag_guard.probes import MB
 
@@ -381,3 +382,24 @@ def test_routine_cleanups_respect_the_gc_time_budget() -> None:
         for _ in budget.chunks(range(50)):
             pass
     assert [r.strategy for r in budget.cleanups][:1] == ["light"]
+
+
+def test_a_headroom_too_tight_for_a_batch_triggers_an_aggressive_cleanup(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Memory the job no longer uses stays in RSS, as glibc's free lists keep it, until
+    # malloc_trim (aggressive cleanup only) returns it; a stand-in plays malloc_trim here.
+    reader = ItemCost(base_mb=100, cost_mb=2)
+    monkeypatch.setattr(cleanup_module, "_malloc_trim", lambda pad: setattr(reader, "base", 100))
+    monitor = monitor_with(reader)
+    with memory_budget(300, batch_size=50, monitor=monitor) as budget:
+        for i, batch in enumerate(budget.chunks(range(2000))):
+            reader.live = len(batch)
+            monitor.probe.note(reader())
+            reader.live = 0
+            if i == 8:
+                reader.base = 297  # 3 MB of headroom: not even two items fit
+    kinds = [r.strategy for r in budget.cleanups]
+    assert "aggressive" in kinds
+    assert max(budget.batch_sizes[10:]) == 50  # batches did not collapse to min_batch_size
+    assert budget.processed == 2000

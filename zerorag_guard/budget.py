@@ -217,29 +217,33 @@ class MemoryBudget:
         # ContextVar for the others, which keeps a plain guarded call cheap.
         if exact_peak or self._limits_memory:
             self._token = _active.set(self)
-        self._window = monitor.probe.open_window() if exact_peak else None
-        self._started = time.perf_counter()
-        self._note_peak(rss)
+        # From here on a failure (a KeyboardInterrupt landing in open_window's /proc reads
+        # included) must reset the ContextVar, or a stale budget stays active.
         try:
+            self._window = monitor.probe.open_window() if exact_peak else None
+            self._started = time.perf_counter()
+            self._note_peak(rss)
             self._check(rss, can_shrink=False, routine=False)
         except BaseException:
             self._exit()
             raise
 
     def _exit(self) -> None:
-        monitor = self.monitor
-        if self._window is not None:
-            self._note_peak(self._window.close())
-            self._window = None
-        else:
-            self._note_peak(monitor.probe.rss_bytes())
-        if self._token is not None:
-            try:
-                _active.reset(self._token)
-            except ValueError:  # left in another context (a generator resumed elsewhere)
-                _active.set(self._parent)
-            self._token = None
-        self._seconds = time.perf_counter() - self._started
+        try:
+            if self._window is not None:
+                self._note_peak(self._window.close())
+                self._window = None
+            else:
+                self._note_peak(self.monitor.probe.rss_bytes())
+        finally:
+            # Even if an interrupt lands in the reading above, the budget must stop being active.
+            if self._token is not None:
+                try:
+                    _active.reset(self._token)
+                except ValueError:  # left in another context (a generator resumed elsewhere)
+                    _active.set(self._parent)
+                self._token = None
+            self._seconds = time.perf_counter() - self._started
 
     def _claim(self) -> MemoryBudget:
         # Fresh state per use: the first user gets this object, concurrent ones a copy.
@@ -313,7 +317,7 @@ class MemoryBudget:
             level = self.level(rss, limit)
             strategy = CLEANUP_FOR_LEVEL.get(level)
             if strategy is not None and policy == "cleanup" and self.monitor.cleanup_due(strategy):
-                rss = self._cleanup(strategy).rss_after
+                rss = self._cleanup(strategy)
             return rss
         self.exceeded += 1
         if policy == "raise":
@@ -328,21 +332,31 @@ class MemoryBudget:
         if rss <= limit:  # only the batch peak was over: the sizer halves the next batch
             return rss
         for strategy in ("standard", "aggressive"):
-            rss = self._cleanup(strategy).rss_after
+            rss = self._cleanup(strategy)
             if rss <= limit:
                 return rss
         if not can_shrink:
             self._raise(rss, limit)
         return rss
 
-    def _cleanup(self, strategy: str) -> CleanupResult:
-        result = self.monitor.cleanup(strategy)
+    def _cleanup(self, strategy: str) -> int:
+        """Run a cleanup between batches; returns RSS after it. A cleanup that fails is logged
+        and the job goes on: it must never be what stops an ingestion."""
+        monitor = self.monitor
+        try:
+            result = monitor.cleanup(strategy)
+        except Exception:
+            logger.exception("%s cleanup failed in %s; going on", strategy, self._describe_name())
+            return monitor.probe.rss_bytes()
         assert result is not None
         self.cleanups.append(result)
-        return result
+        return result.rss_after
+
+    def _describe_name(self) -> str:
+        return f"budget {self.name!r}" if self.name else "memory budget"
 
     def _describe(self, rss: int, limit: int) -> str:
-        where = f"budget {self.name!r}" if self.name else "memory budget"
+        where = self._describe_name()
         return (
             f"{where}: {rss / MB:.1f} MB over its limit {limit / MB:.1f} MB after "
             f"{self.processed} items"

@@ -12,7 +12,7 @@ import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
-from .sizing import BatchSizer
+from .sizing import NEAR_LIMIT, SAFETY, BatchSizer
 
 if TYPE_CHECKING:
     from .budget import MemoryBudget
@@ -35,10 +35,24 @@ class _Loop:
     def plan(self) -> tuple[int, Any, int]:
         """Before a batch: apply the policy, choose the size, open the peak window."""
         budget, sizer = self.budget, self.sizer
-        probe = budget.monitor.probe
-        rss = budget._check(probe.rss_bytes(), sizer.last > sizer.min_size, self.peak)
-        size = sizer.next_size(rss, budget.limit_bytes())
-        return size, probe.open_window(), rss
+        monitor = budget.monitor
+        rss = budget._check(monitor.probe.rss_bytes(), sizer.last > sizer.min_size, self.peak)
+        limit = budget.limit_bytes()
+        cost = sizer.cost_per_item or 0.0
+        tight = rss > NEAR_LIMIT * limit or SAFETY * (limit - rss) < 2 * cost * sizer.min_size
+        if (
+            tight
+            and sizer.cap > sizer.min_size
+            and budget.on_exceed == "cleanup"
+            and monitor.cleanup_due("aggressive")
+        ):
+            # The headroom no longer fits a real batch, though memory is under the ceiling, so
+            # no policy fired. Freed memory that glibc keeps in its arenas is often the
+            # difference (chroma's writes left 100+ MB there): an aggressive cleanup trims it
+            # rather than letting batches collapse to min_batch_size.
+            rss = budget._cleanup("aggressive")
+        size = sizer.next_size(rss, limit)
+        return size, monitor.probe.open_window(), rss
 
     def finish(self, count: int, window: Any, start_rss: int) -> None:
         """After a batch: count it as processed and learn its cost from its exact peak."""

@@ -253,7 +253,13 @@ def _read_dotenv(path: Path) -> dict[str, str]:
             path,
         )
         return {}
-    return {k: v for k, v in dotenv_values(path).items() if v is not None}
+    try:
+        values = dotenv_values(path)
+    except (OSError, UnicodeDecodeError) as exc:  # unreadable, or not UTF-8 text
+        raise ConfigError(
+            "dotenv_path", str(path), f"a readable UTF-8 .env file ({type(exc).__name__}: {exc})"
+        ) from None
+    return {k: v for k, v in values.items() if v is not None}
 
 
 def _check(f: dataclasses.Field[Any], value: Any) -> Any:

@@ -10,10 +10,7 @@ would download a model, is never set up) and its telemetry is off: nothing reach
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import os
-import sys
 import uuid
 import warnings
 from collections.abc import Iterable, Sequence
@@ -33,24 +30,6 @@ DEFAULT_DIRECTORY = "zerorag_guard_demo"
 BACKENDS = ("chroma", "qdrant", "faiss")
 Metadata = Optional[dict[str, Any]]
 Hit = dict[str, Any]
-
-
-def _load_heap_trim() -> Optional[Callable[[], object]]:
-    if not sys.platform.startswith("linux"):
-        return None
-    try:
-        trim = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError):  # musl has no malloc_trim
-        return None
-    trim.argtypes = [ctypes.c_size_t]
-    return lambda: trim(0)
-
-
-#: Writes leave much freed memory in glibc's arenas (the float lists chromadb's validation
-#: builds, its Rust threads' buffers): after ingesting the stdlib, RSS was 269-305 MB, and
-#: 160-171 MB once trimmed. A standard cleanup only collects garbage and clears registered
-#: caches, so the service registers this trim as one while it writes.
-_trim_heap = _load_heap_trim()
 
 
 class _Chroma:
@@ -280,9 +259,6 @@ class VectorStoreService:
         budget = self._budget()
         active: Optional[MemoryBudget] = None
         error = True
-        monitor = self.monitor or get_monitor()
-        if _trim_heap is not None:
-            monitor.register_cache(_trim_heap)
         try:
             with budget as active:
                 self.last_budget = active
@@ -300,8 +276,6 @@ class VectorStoreService:
             mark_resume(exc, active.processed if active else 0, total)
             raise
         finally:
-            if _trim_heap is not None:
-                monitor.unregister_cache(_trim_heap)
             if active is not None:
                 self.stats.record(active, error)
         return written

@@ -1,0 +1,90 @@
+"""SIGINT at random moments of a guarded loop: the guard must stay consistent after each.
+
+Run as ``python interrupt_job.py --trials N``. Each trial arms a timer that sends this process
+SIGINT after a random delay of 0 to 20 ms, then runs nested budgets and guarded calls over
+numbered items; the ``KeyboardInterrupt`` lands wherever the main thread is, in the job's code
+or in the guard's. After each trial: no budget may be left active, the sampler must run and a
+new budget must process every item. Prints one JSON line: trials, interrupted, problems.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import signal
+import threading
+import time
+import traceback
+from pathlib import Path
+
+from zerorag_guard import budget as budget_module
+from zerorag_guard import get_monitor, memory_budget, memory_guarded
+from zerorag_guard.budget import current_budget
+
+
+@memory_guarded(name="work")
+def work(batch: list[int]) -> int:
+    with memory_budget(increase_mb=200, batch_size=4) as inner:
+        return sum(len(b) for b in inner.chunks(batch))
+
+
+def trial() -> bool:
+    """One guarded loop until the signal lands; True if it was interrupted."""
+    done = 0
+    with memory_budget(limit_mb=get_monitor().rss_mb() + 500, batch_size=8) as b:
+        for batch in b.chunks(range(10_000)):
+            done += work(batch)
+    time.sleep(1.0)  # finished first: wait for the signal here instead
+    return False
+
+
+def where(exc: BaseException) -> str:
+    """The innermost frames of the guard's own code that the interrupt went through."""
+    frames = [
+        f"{Path(f.filename).name}:{f.lineno} {f.name}"
+        for f in traceback.extract_tb(exc.__traceback__)
+        if "zerorag_guard" in f.filename
+    ]
+    return " < ".join(reversed(frames[-3:])) or "the job's own code"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--trials", type=int, default=100)
+    parser.add_argument("--seed", type=int, default=None)
+    args = parser.parse_args()
+    rng = random.Random(args.seed)
+    monitor = get_monitor()
+    monitor.configure(sample_interval=0.005)
+    problems: list[str] = []
+    interrupted = 0
+    landed = ""
+    for n in range(args.trials):
+        timer = threading.Timer(rng.uniform(0.0, 0.02), os.kill, (os.getpid(), signal.SIGINT))
+        try:
+            timer.start()
+            trial()
+        except KeyboardInterrupt as exc:
+            interrupted += 1
+            landed = where(exc)
+        timer.join()
+        if current_budget() is not None:
+            problems.append(f"trial {n}: a budget stayed active (interrupted at {landed})")
+            budget_module._active.set(None)  # start the next trial clean
+        if not monitor.running:
+            problems.append(f"trial {n}: the sampler stopped")
+        with memory_budget(increase_mb=100) as fresh:
+            got = [x for batch in fresh.chunks(range(50)) for x in batch]
+        if got != list(range(50)) or fresh.processed != 50:
+            problems.append(f"trial {n}: a new budget processed {fresh.processed} of 50")
+    last = monitor.history[-1].time
+    time.sleep(0.1)
+    if not monitor.history or monitor.history[-1].time <= last:
+        problems.append("the sampler takes no new samples")
+    print(json.dumps({"trials": args.trials, "interrupted": interrupted, "problems": problems}))
+
+
+if __name__ == "__main__":
+    main()
