@@ -12,6 +12,7 @@ import re
 import subprocess
 import sys
 import textwrap
+import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -347,3 +348,20 @@ def test_cli_bad_usage_is_exit_2_with_one_line(tmp_path: Path, args: list[str]) 
     result = _cli(tmp_path, *args)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
+
+
+def test_the_running_process_monitor_is_not_taken_for_a_leak() -> None:
+    # Its sampler fills a bounded history while the profiler measures; the profiler holds it.
+    from zerorag_guard import configure, get_monitor
+
+    get_monitor()
+    configure(sample_interval=0.001)
+
+    def nothing() -> None:
+        time.sleep(0.002)
+
+    report = LeakProfiler(warmup=2, iterations=8).check(nothing)
+    assert not report.leaking, report.format()
+    before = len(get_monitor().history)
+    time.sleep(0.05)
+    assert len(get_monitor().history) > before  # and the sampler runs again afterwards

@@ -21,6 +21,7 @@ that Python cannot see, by RSS alone).
 from __future__ import annotations
 
 import array
+import contextlib
 import gc
 import itertools
 import os
@@ -33,6 +34,7 @@ from typing import Any, Callable, Optional
 from . import cleanup
 from ._leak_report import Fit, LeakReport, SiteGrowth, TypeGrowth
 from .health import linear_fit
+from .monitor import process_monitor
 from .probes import MemoryProbe, RssReader
 
 __all__ = ["Fit", "LeakProfiler", "LeakReport", "SiteGrowth", "TypeGrowth"]
@@ -167,6 +169,7 @@ class LeakProfiler:
         self._probe: Optional[MemoryProbe] = None
         self._filters: list[tracemalloc.Filter] = []
         self._active = False
+        self._held = contextlib.ExitStack()
 
     # -- the two entry points ------------------------------------------------------------------
     def check(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> LeakReport:
@@ -184,6 +187,11 @@ class LeakProfiler:
         self._report = None
         self._active = True
         import pympler.summary  # noqa: F401  # imported before the first census, not during
+
+        monitor = process_monitor()
+        if monitor is not None:
+            # Its sampler fills a bounded history: growth that would read as a leak here.
+            self._held.enter_context(monitor.paused())
 
         self._probe = (
             MemoryProbe(self._rss_reader)
@@ -302,6 +310,7 @@ class LeakProfiler:
         self._traced[i - 1] = sum(size for size, _ in sites.values())
 
     def _finish(self) -> None:
+        self._held.close()
         self._stop_tracing()
         if self._probe is not None:
             self._probe.close()

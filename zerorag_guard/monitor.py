@@ -11,11 +11,13 @@ threads of its own.
 from __future__ import annotations
 
 import collections
+import contextlib
 import logging
 import os
 import threading
 import time
 import weakref
+from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
 from . import health
@@ -70,6 +72,7 @@ class MemoryMonitor:
         self._alerts = AlertLog(config.alert_history_size)
         self._ops = OperationLog(config.operation_history_size)
         self._peak_mb = 0.0
+        self._held = 0
         self._started_at = self._clock()
         self._last_gc = self._started_at
         self._limit: Optional[EffectiveLimit] = None
@@ -390,7 +393,20 @@ class MemoryMonitor:
 
     def _loop(self) -> None:
         while not self._stop.wait(self._config.sample_interval):
-            self.tick()
+            if not self._held:
+                self.tick()
+
+    @contextlib.contextmanager
+    def paused(self) -> Iterator[None]:
+        """Hold the sampler (no samples, no automatic cleanups) inside the block. The leak
+        profiler uses it, so the monitor's own history filling up is not taken for a leak."""
+        with self._lock:
+            self._held += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._held -= 1
 
     def tick(self) -> None:
         """One round of the sampler: a sample, the periodic GC, the limit refresh. Never raises:
@@ -469,6 +485,11 @@ def get_monitor() -> MemoryMonitor:
                 _global.start()
             monitor = _global
     return monitor
+
+
+def process_monitor() -> Optional[MemoryMonitor]:
+    """The process-wide monitor if it has been created, without creating it."""
+    return _global
 
 
 def configure(**changes: Any) -> GuardConfig:
