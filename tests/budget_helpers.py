@@ -44,7 +44,6 @@ def monitor_with(reader: object, limit: EffectiveLimit = HOST, **config: object)
         "threshold_mb": 1000,
         "critical_threshold_mb": 1200,
         "cleanup_cooldown_seconds": 0,
-        "aggressive_cooldown_seconds": 0,
         **config,
     }
     return MemoryMonitor(
