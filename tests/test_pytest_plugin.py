@@ -37,7 +37,7 @@ def ini(pytester: pytest.Pytester) -> pytest.Pytester:
 
 
 def test_increase_limit_passes_under_and_fails_over_with_report(ini: pytest.Pytester) -> None:
-    ini.makepyfile(test_budget=BUDGET_TESTS)
+    ini.makepyfile(test_inner_budget=BUDGET_TESTS)
     result = ini.runpytest()
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines(
@@ -46,7 +46,7 @@ def test_increase_limit_passes_under_and_fails_over_with_report(ini: pytest.Pyte
             "over the increase limit of 60.0 MB (@pytest.mark.memory_budget(increase_mb=60))",
             "*start * MB, peak * MB (+1[45]?.* MB), end * MB*",
             "top allocation sites near the peak (tracemalloc):",
-            '*150.0 MB in 1 blocks at test_budget.py:*: data = b"x" * (150 * MB)  # the big one',
+            '*150.0 MB in 1 blocks at test_inner_budget.py:*: data = b"x" * (150 * MB)  # the big*',
         ]
     )
     assert "test_under" not in result.stdout.str().split("FAILURES")[-1]
@@ -77,7 +77,7 @@ def test_absolute_limit_as_a_string(ini: pytest.Pytester) -> None:
 
 def test_no_leaks_fails_a_leak_and_passes_a_warming_cache(ini: pytest.Pytester) -> None:
     ini.makepyfile(
-        test_leaks="""
+        test_inner_leaks="""
         import functools
         import pytest
 
@@ -103,8 +103,8 @@ def test_no_leaks_fails_a_leak_and_passes_a_warming_cache(ini: pytest.Pytester) 
             "*no_leaks: memory grows with every run of the test body",
             "LEAK: Python memory grows +9?.* KB per iteration",
             "where it was allocated:",
-            "*test_leaks.py:*: HELD.append(bytearray(100_000))",
-            "FAILED test_leaks.py::test_leaking - *",
+            "*test_inner_leaks.py:*: HELD.append(bytearray(100_000))",
+            "FAILED test_inner_leaks.py::test_leaking - *",
         ]
     )
 
@@ -272,15 +272,15 @@ def test_async_test_under_the_marker(ini: pytest.Pytester) -> None:
 
 
 def test_xdist_workers_measure_and_the_controller_reports(ini: pytest.Pytester) -> None:
-    ini.makepyfile(test_budget=BUDGET_TESTS)
+    ini.makepyfile(test_inner_budget=BUDGET_TESTS)
     result = ini.runpytest_subprocess("-p", "xdist", "-n", "2", "--memory-report")
     result.assert_outcomes(passed=1, failed=1)
     result.stdout.fnmatch_lines_random(
         [
             "*memory budget exceeded: peak RSS rose*over the increase limit of 60.0 MB*",
-            "*150.0 MB in 1 blocks at test_budget.py:*: data*",
-            "test_budget.py::test_over * +1[45]?.? *",
-            "test_budget.py::test_under * +*",
+            "*150.0 MB in 1 blocks at test_inner_budget.py:*: data*",
+            "test_inner_budget.py::test_over * +1[45]?.? *",
+            "test_inner_budget.py::test_under * +*",
         ]
     )
 
