@@ -41,9 +41,10 @@ OVERHEAD_READING = """\
 Read the paired figure. Two benchmarks taken one after the other on a busy machine drift by more
 than the guard costs, so the medians of the two rows are noisy; pairs of calls back to back see
 the same load. The direct cost (the guard around a function that does nothing) misses what the
-guard does to the code around it: its reads of `/proc/self/statm` (system calls) and its C-level
-wrapper disturb the caches and branch predictors the interpreter relies on, which slows the
-wrapped work itself a little.
+guard does to the code around it: a C-level wrapper and a system call disturb the caches and
+page tables the interpreter relies on, which slows the wrapped work itself a little. That is why
+a guarded call reads RSS from the monitor's sampler while its reading is fresh, rather than
+from `/proc/self/statm` on every call.
 """
 OVERHEAD_NOTE = """\
 How each tool is applied: `memory_guarded` decorates the function; `memray per call` enters a
@@ -130,6 +131,16 @@ def guard_overhead(groups: dict[str, list[Bench]]) -> list[str]:
             f"| the guard's direct cost per call ({_time(cost)}, `noop` group) over the bare "
             f"batch ({_time(_median(bare))}) | {1 + cost / _median(bare):.3f}x |"
         )
+    adaptive = _find(groups.get("chunks-throughput", []), "adaptive")
+    share = (adaptive or {}).get("extra_info", {}).get("throughput_vs_fixed")
+    if isinstance(share, (int, float)):
+        lines += [
+            "",
+            f"`memory_budget().chunks()` under a generous budget runs at **{share:.0%}** of the "
+            "throughput of fixed batches of 100 (`chunks-throughput`, pairs of runs back to "
+            "back): its slow start and the per-batch measurement, exact (the kernel's mark) "
+            "while it learns and near the limit, sampled far from it.",
+        ]
     lines += ["", OVERHEAD_READING]
     return lines
 

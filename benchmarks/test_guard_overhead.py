@@ -25,8 +25,6 @@ from __future__ import annotations
 
 import functools
 import os
-import statistics
-import time
 import tracemalloc
 from collections.abc import Iterator
 from pathlib import Path
@@ -35,6 +33,7 @@ from typing import Any, Callable
 import memory_profiler
 import memray
 import pytest
+from paired import paired_ratio
 from workloads import TEXTS, embed_batch, embed_batch_numpy
 
 from zerorag_guard import memory_guarded
@@ -95,26 +94,6 @@ def decorate(variant: str, func: Callable[..., Any], tmp: Path, devnull: Any) ->
     if variant == "memory_profiler":
         return memory_profiler_profile(devnull)(func)
     return func  # bare, and the tools that wrap the whole run instead of each call
-
-
-def paired_ratio(bare: Callable[[], Any], other: Callable[[], Any], quick: bool) -> float:
-    """Median time of ``other`` over median time of ``bare``, one call of each back to back (in
-    alternating order) per pair, so both of a pair see the same load on the machine."""
-    pairs = 4 if quick else 2000
-    clock = time.perf_counter
-    t_bare: list[float] = []
-    t_other: list[float] = []
-    for i in range(pairs):
-        first, second = (bare, other) if i % 2 == 0 else (other, bare)
-        t0 = clock()
-        first()
-        t1 = clock()
-        second()
-        t2 = clock()
-        a, b = (t_bare, t_other) if i % 2 == 0 else (t_other, t_bare)
-        a.append(t1 - t0)
-        b.append(t2 - t1)
-    return statistics.median(t_other) / statistics.median(t_bare)
 
 
 def run(benchmark: Any, variant: str, func: Callable[..., Any], arg: Any, tmp: Path) -> Any:

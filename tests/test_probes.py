@@ -161,3 +161,19 @@ def test_another_probes_reset_does_not_lose_a_window_or_the_lifetime_peak(
     later = MemoryProbe()  # made after the reset: still knows the process's peak
     for probe in (kernel_probe, other, later):
         assert probe.lifetime_peak() - base >= 190 * MB
+
+
+def test_a_cheap_window_sees_sampled_readings_but_not_an_old_kernel_mark() -> None:
+    probe = MemoryProbe()
+    if not probe.kernel_peak:
+        pytest.skip("the kernel's high-water mark cannot be reset here")
+    spike = bytearray(150 * MB)
+    spike[::4096] = b"x" * len(spike[::4096])  # touch every page: resident
+    del spike
+    cheap = probe.open_window(exact=False)
+    exact = probe.open_window()  # resets the mark: the old one (with the spike) is handed over
+    start = probe.rss_bytes()
+    assert cheap.peak_bytes() < start + 50 * MB  # the spike before it opened is not its own
+    probe.note(start + 70 * MB)  # a sampled reading reaches the cheap window
+    assert cheap.close() >= start + 70 * MB
+    assert exact.close() < start + 50 * MB  # the exact window reads the kernel, not notes

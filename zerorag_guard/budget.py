@@ -303,13 +303,21 @@ class MemoryBudget:
         self._note_peak(rss)
         return self._check(rss, can_shrink=False) / MB
 
-    def _check(self, rss: int, can_shrink: bool, batch_peak: int = 0, routine: bool = True) -> int:
+    def _check(
+        self,
+        rss: int,
+        can_shrink: bool,
+        batch_peak: int = 0,
+        routine: bool = True,
+        limit: Optional[int] = None,
+    ) -> int:
         """Apply the policy to ``rss`` now (and the last batch's peak); returns RSS after it.
 
         ``routine`` also runs the cleanup the level calls for (between batches; not on entry,
         where the monitor's own sampler already does it and a guarded call must stay cheap).
+        ``limit`` saves reading the ceiling again when the caller has just read it.
         """
-        limit = self.limit_bytes()
+        limit = self.limit_bytes() if limit is None else limit
         policy = self._settings.on_exceed
         if max(rss, batch_peak) <= limit:
             if not routine:

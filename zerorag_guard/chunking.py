@@ -31,13 +31,19 @@ class _Loop:
         self.budget = budget
         self.sizer = BatchSizer(max(target, s.min_batch_size), s.min_batch_size, s.max_batch_size)
         self.peak = 0
+        self.limit = 0
+        # A cheap batch's closing reading, which is also the next batch's starting one: each
+        # /proc read is a system call, and on VMs each slows the Python code that follows it.
+        self._reading: Optional[int] = None
 
     def plan(self) -> tuple[int, Any, int]:
         """Before a batch: apply the policy, choose the size, open the peak window."""
         budget, sizer = self.budget, self.sizer
         monitor = budget.monitor
-        rss = budget._check(monitor.probe.rss_bytes(), sizer.last > sizer.min_size, self.peak)
-        limit = budget.limit_bytes()
+        now, self._reading = self._reading, None
+        now = monitor.probe.rss_bytes() if now is None else now
+        limit = self.limit = budget.limit_bytes()
+        rss = budget._check(now, sizer.last > sizer.min_size, self.peak, limit=limit)
         cost = sizer.cost_per_item or 0.0
         tight = rss > NEAR_LIMIT * limit or SAFETY * (limit - rss) < 2 * cost * sizer.min_size
         if (
@@ -52,17 +58,23 @@ class _Loop:
             # rather than letting batches collapse to min_batch_size.
             rss = budget._cleanup("aggressive")
         size = sizer.next_size(rss, limit)
-        return size, monitor.probe.open_window(), rss
+        exact = sizer.needs_exact_peak(size, rss, limit)
+        return size, monitor.probe.open_window(exact, rss), rss
 
     def finish(self, count: int, window: Any, start_rss: int) -> None:
-        """After a batch: count it as processed and learn its cost from its exact peak."""
+        """After a batch: count it as processed and learn its cost from its peak."""
         budget = self.budget
         budget.processed += count
         budget.batch_sizes.append(count)
         budget.monitor.record_batch(count)
-        self.peak = int(window.close())
+        if window.exact:
+            self.peak = int(window.close())
+        else:
+            self._reading = budget.monitor.probe.rss_bytes()
+            window.note(self._reading)
+            self.peak = int(window.close(read=False))
         budget._note_peak(self.peak)
-        self.sizer.learn(count, start_rss, self.peak, budget.limit_bytes())
+        self.sizer.learn(count, start_rss, self.peak, self.limit, window.exact)
 
 
 def chunks(

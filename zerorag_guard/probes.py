@@ -27,13 +27,18 @@ RssReader = Callable[[], int]
 
 
 class PeakWindow:
-    """The peak RSS between its opening and :meth:`close` (or now, while open)."""
+    """The peak RSS between its opening and :meth:`close` (or now, while open).
 
-    __slots__ = ("__weakref__", "_peak", "_probe", "closed")
+    An ``exact`` window reset the kernel's mark when it opened, so it sees every spike; a cheap
+    one only sees the readings taken while it is open (its own and the sampler's).
+    """
 
-    def __init__(self, probe: MemoryProbe, start_bytes: int) -> None:
+    __slots__ = ("__weakref__", "_peak", "_probe", "closed", "exact")
+
+    def __init__(self, probe: MemoryProbe, start_bytes: int, exact: bool) -> None:
         self._probe = probe
         self._peak = start_bytes
+        self.exact = exact
         self.closed = False
 
     def note(self, rss_bytes: int) -> None:
@@ -44,12 +49,14 @@ class PeakWindow:
     def peak_bytes(self) -> int:
         """The peak so far: exact where the kernel mark is used, else the largest reading seen."""
         if not self.closed:
-            self.note(self._probe.current_peak_bytes())
+            probe = self._probe
+            self.note(probe.current_peak_bytes() if self.exact else probe.rss_bytes())
         return self._peak
 
-    def close(self) -> int:
-        """Stop the window and return its peak."""
-        peak = self.peak_bytes()
+    def close(self, read: bool = True) -> int:
+        """Stop the window and return its peak; ``read=False`` skips the final reading, for a
+        caller that has just folded in one of its own with :meth:`note`."""
+        peak = self.peak_bytes() if read else self._peak
         self.closed = True
         self._probe._windows.discard(self)
         return peak
@@ -146,7 +153,8 @@ class MemoryProbe:
     def _fold_old_mark(self, old: int) -> None:
         self.lifetime_peak_bytes = max(self.lifetime_peak_bytes, old)
         for window in list(self._windows):
-            window.note(old)
+            if window.exact:
+                window.note(old)
 
     def current_peak_bytes(self) -> int:
         """The peak since the last reset: the kernel mark, or a fresh RSS reading without it."""
@@ -158,22 +166,19 @@ class MemoryProbe:
         return self.rss_bytes()
 
     def note(self, rss_bytes: int) -> None:
-        """Fold a sampled reading into the open windows (needed only without the kernel mark)."""
-        if not self.kernel_peak:
-            for window in list(self._windows):
+        """Fold a sampled reading into the open windows that do not have the kernel mark."""
+        for window in list(self._windows):
+            if not (window.exact and self.kernel_peak):
                 window.note(rss_bytes)
 
-    def open_window(self) -> PeakWindow:
-        """Start measuring a peak. Costs one reset of the kernel mark (~100 µs): once a batch."""
+    def open_window(self, exact: bool = True, start_bytes: Optional[int] = None) -> PeakWindow:
+        """Start measuring a peak. An exact window costs one reset of the kernel mark (~100 µs,
+        once a batch); ``exact=False`` costs one RSS reading and sees only sampled readings."""
         with self._lock:
-            if self.kernel_peak:
-                # Another window may be open: hand it the old mark before it is wiped.
-                old = self._read_hwm()
-                for window in list(self._windows):
-                    window.note(old)
-                self.lifetime_peak_bytes = max(self.lifetime_peak_bytes, old)
-                self._reset_kernel_mark()
-            window = PeakWindow(self, self.rss_bytes())
+            if exact and self.kernel_peak:
+                self._reset_kernel_mark()  # hands the old mark to the open windows first
+            start = self.rss_bytes() if start_bytes is None or exact else start_bytes
+            window = PeakWindow(self, start, exact)
             self._windows.add(window)
             return window
 

@@ -21,6 +21,8 @@ SAFETY = 0.8
 NEAR_LIMIT = 0.9
 #: Per-item costs remembered; the largest of them is used, so one cheap batch cannot mislead.
 MEMORY = 4
+#: Far from the limit, one batch in this many is still measured exactly, to keep learning.
+RELEARN = 8
 
 
 class BatchSizer:
@@ -32,6 +34,7 @@ class BatchSizer:
         self.last = 0
         self._costs: collections.deque[float] = collections.deque(maxlen=MEMORY)
         self._halve = False
+        self._cheap = 0
 
     @property
     def cost_per_item(self) -> Optional[float]:
@@ -53,9 +56,30 @@ class BatchSizer:
         self.last = max(self.min_size, min(size, self.cap))
         return self.last
 
-    def learn(self, size: int, start_rss: int, peak_rss: int, limit: int) -> None:
-        """Record a finished batch of ``size`` items that peaked at ``peak_rss``."""
-        if size > 0:
+    def needs_exact_peak(self, size: int, rss: int, limit: int) -> bool:
+        """Whether the next batch must be measured exactly (the kernel's mark, ~100 µs).
+
+        It must while the cost per item is unknown, on every ``RELEARN``-th batch, and whenever
+        the batch could use a quarter of the headroom: a cheap measurement (sampled readings)
+        misses spikes, and with the batch planned at four times less than the headroom, a cost
+        underestimated even fourfold cannot break the ceiling.
+        """
+        if not self._costs or self._cheap >= RELEARN - 1:
+            self._cheap = 0
+            return True
+        cost = max(self._costs)  # zero when the items measured cost nothing
+        if 4 * size * cost >= limit - rss:
+            self._cheap = 0
+            return True
+        self._cheap += 1
+        return False
+
+    def learn(
+        self, size: int, start_rss: int, peak_rss: int, limit: int, exact: bool = True
+    ) -> None:
+        """Record a finished batch of ``size`` items that peaked at ``peak_rss``. Only exact
+        peaks teach the cost per item; any peak near the limit halves the next batch."""
+        if size > 0 and exact:
             self._costs.append(max(0, peak_rss - start_rss) / size)
         if peak_rss > NEAR_LIMIT * limit:
             self._halve = True
