@@ -265,15 +265,20 @@ def test_guide_bad_usage_exit_2(runtime_dir: Path, flags: list[str]) -> None:
         ["configure", "BATCH_SIZE=10"],
     ],
 )
-def test_unknown_pid_is_exit_3(runtime_dir: Path, args: list[str]) -> None:
+def test_a_pid_with_no_process_is_bad_usage_and_an_unguarded_process_exit_3(
+    runtime_dir: Path, args: list[str]
+) -> None:
     dead = subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
         text=True,
         timeout=TIMEOUT,
-    )
-    line = one_line_error(run(runtime_dir, *args, "--pid", dead.stdout.strip()), 3)
-    assert f"no guarded process with pid {dead.stdout.strip()}" in line
+    ).stdout.strip()
+    line = one_line_error(run(runtime_dir, *args, "--pid", dead), 2)
+    assert f"no running process with pid {dead}" in line
+    # pid 1 runs (init), but no guarded process answers for it.
+    line = one_line_error(run(runtime_dir, *args, "--pid", "1"), 3)
+    assert "no guarded process with pid 1" in line
 
 
 # -- a real guarded job, reached from other processes --------------------------------------------

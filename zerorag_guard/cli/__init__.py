@@ -7,14 +7,15 @@ lists them in the order ``--help`` shows them.
 Exit codes: 0 success; 1 the command ran but could not do what was asked (an unreachable
 ``optimize`` target, a missing optional extra, a failure inside the guarded process); 2 bad usage
 (argparse's own code: an unknown option, negative seconds, a target of 0, a pid that is not a
-positive number, a bad ``KEY=VALUE``); 3 no guarded process with that pid. Errors are one line on
-stderr.
+positive number or names no running process, a bad ``KEY=VALUE``); 3 the process runs but is not
+guarded (no control socket answers for it). Errors are one line on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import os
 import sys
 from typing import NoReturn, Optional, Sequence
 
@@ -60,6 +61,16 @@ def fail(message: str, code: int, prog: str = PROG) -> int:
     return code
 
 
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process: it exists
+        return True
+    return True
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit code (see the module docstring)."""
     from .. import control
@@ -74,6 +85,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     try:
         return int(args.func(args))
     except NoSuchProcess as exc:
+        if not _running(exc.pid):  # an unknown pid is a bad argument
+            return fail(f"argument --pid: no running process with pid {exc.pid}", EXIT_USAGE, prog)
         return fail(str(exc), EXIT_NO_PROCESS, prog)
     except RemoteError as exc:
         code = EXIT_USAGE if exc.error_type == "ConfigError" else EXIT_FAILED
