@@ -105,7 +105,14 @@ def test_failed_batch_leaves_the_batches_before_it_and_resume_completes(
 ) -> None:
     embedder = FailingEmbedder(fail_on=6)
     where = ":memory:" if backend == "qdrant" else str(tmp_path / backend)  # local disk is slow
-    service = VectorStoreService(where, backend=backend, embedder=embedder, batch_size=1000)
+    # Steady readings: the batch sizes are the slow start's, whatever the real memory does.
+    service = VectorStoreService(
+        where,
+        backend=backend,
+        embedder=embedder,
+        batch_size=1000,
+        monitor=monitor_with(Steady(100)),
+    )
     texts, ids = TEXTS[:5000], IDS[:5000]
     with pytest.raises(ConnectionError) as caught:
         service.add_documents(texts, ids=ids)

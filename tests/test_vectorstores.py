@@ -187,7 +187,9 @@ def test_bulk_write_lands_every_item_exactly_once(case: Case, tmp_path: Path) ->
 def test_failed_chunk_leaves_the_chunks_before_it_and_resume_completes(
     case: Case, tmp_path: Path
 ) -> None:
-    raw, store, spy = _spied(case, tmp_path, batch_size=4000)
+    # Steady readings: the chunk sizes are the slow start's, whatever the real memory does.
+    monitor = monitor_with(Steady(100))
+    raw, store, spy = _spied(case, tmp_path, batch_size=4000, monitor=monitor)
     spy.fail_on = 14  # slow start: 1, 2, 4, ..., 2048 (12 chunks), 4000, then the 14th fails
     with pytest.raises(StoreDown) as caught:
         case.write(store, 0)
