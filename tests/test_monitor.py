@@ -13,6 +13,7 @@ from collections.abc import Iterator
 from typing import Any, Optional
 
 import pytest
+from fork_helpers import in_forked_child
 
 from zerorag_guard import Alert, GuardConfig, Level, MemoryMonitor, get_monitor
 from zerorag_guard.limits import EffectiveLimit
@@ -521,47 +522,33 @@ def test_forked_child_gets_a_working_monitor_of_its_own() -> None:
     parent.configure(sample_interval=0.01)
     assert parent.running
     parent_rss = parent.sample().rss_mb
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(read_fd)
-            import psutil
 
-            m = get_monitor()
-            before = m.sample().rss_mb
-            block = b"\x01" * (100 * MB)
-            mine = m.sample()
-            after = mine.rss_mb
-            deadline = time.monotonic() + 10
-            seen_by_sampler = False
-            while time.monotonic() < deadline and not seen_by_sampler:
-                time.sleep(0.02)
-                seen_by_sampler = any(
-                    s.time > mine.time and s.rss_mb >= before + 95 for s in m.history
-                )
-            report = {
-                "pid": os.getpid(),
-                "same_monitor": m is parent,
-                "running": m.running,
-                "thread_alive": m._thread is not None and m._thread.is_alive(),
-                "before": before,
-                "after": after,
-                "seen_by_sampler": seen_by_sampler,
-                "psutil": psutil.Process().memory_info().rss / MB,
-                "len_block": len(block),
-            }
-            os.write(write_fd, json.dumps(report).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, data
-    report = json.loads(data)
+    def child() -> dict[str, Any]:
+        import psutil
+
+        m = get_monitor()
+        before = m.sample().rss_mb
+        block = b"\x01" * (100 * MB)
+        mine = m.sample()
+        after = mine.rss_mb
+        deadline = time.monotonic() + 10
+        seen_by_sampler = False
+        while time.monotonic() < deadline and not seen_by_sampler:
+            time.sleep(0.02)
+            seen_by_sampler = any(s.time > mine.time and s.rss_mb >= before + 95 for s in m.history)
+        return {
+            "pid": os.getpid(),
+            "same_monitor": m is parent,
+            "running": m.running,
+            "thread_alive": m._thread is not None and m._thread.is_alive(),
+            "before": before,
+            "after": after,
+            "seen_by_sampler": seen_by_sampler,
+            "psutil": psutil.Process().memory_info().rss / MB,
+            "len_block": len(block),
+        }
+
+    report = in_forked_child(child)
     print(f"parent {os.getpid()} RSS {parent_rss:.1f} MB; child {report}")
     assert report["pid"] != os.getpid()
     assert report["running"] and report["thread_alive"]

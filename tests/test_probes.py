@@ -4,13 +4,13 @@ lifetime peak, and fork."""
 from __future__ import annotations
 
 import gc
-import json
-import os
 import resource
 from pathlib import Path
+from typing import Any
 
 import psutil
 import pytest
+from fork_helpers import in_forked_child
 
 from zerorag_guard import get_monitor
 from zerorag_guard.probes import MB, MemoryProbe
@@ -115,32 +115,20 @@ def test_lifetime_peak_survives_resets_and_is_in_health(kernel_probe: MemoryProb
 def test_fork_reopens_statm_in_the_child() -> None:
     probe = MemoryProbe()
     parent_rss = probe.rss_bytes()
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # pragma: no cover - runs in the child
-        code = 1
-        try:
-            os.close(read_fd)
-            before = probe.rss_bytes()
-            block = b"\x01" * (100 * MB)
-            after = probe.rss_bytes()
-            report = {
-                "before": before,
-                "after": after,
-                "vmrss": vm_rss(),
-                "source": probe.source,
-                "n": len(block),
-            }
-            os.write(write_fd, json.dumps(report).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    with os.fdopen(read_fd) as f:
-        data = f.read()
-    _, status = os.waitpid(pid, 0)
-    assert os.waitstatus_to_exitcode(status) == 0, data
-    child = json.loads(data)
+
+    def in_child() -> dict[str, Any]:
+        before = probe.rss_bytes()
+        block = b"\x01" * (100 * MB)
+        after = probe.rss_bytes()
+        return {
+            "before": before,
+            "after": after,
+            "vmrss": vm_rss(),
+            "source": probe.source,
+            "n": len(block),
+        }
+
+    child = in_forked_child(in_child)
     assert child["source"] == "statm"
     assert child["after"] - child["before"] >= 95 * MB
     assert child["after"] == pytest.approx(child["vmrss"], rel=0.03)
