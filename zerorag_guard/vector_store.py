@@ -20,7 +20,7 @@ import numpy as np
 
 from .budget import MemoryBudget, memory_budget
 from .embedders import Embedder, HashingEmbedder
-from .integrations._writes import WriteStats, mark_resume
+from .integrations._writes import AccountedWrite, WriteStats
 from .monitor import MemoryMonitor, get_monitor
 
 __all__ = ["BACKENDS", "DEFAULT_DIRECTORY", "VectorStoreService"]
@@ -256,28 +256,17 @@ class VectorStoreService:
             )
         total = lengths[0] if len(lengths) == len(given) else None
         written: list[str] = []
-        budget = self._budget()
-        active: Optional[MemoryBudget] = None
-        error = True
-        try:
-            with budget as active:
-                self.last_budget = active
-                for batch in active.chunks(_rows(texts, metadatas, ids)):
-                    batch_texts = [row[0] for row in batch]
-                    batch_ids = [row[2] or uuid.uuid4().hex for row in batch]
-                    vectors = self.embedder.embed_documents(batch_texts)
-                    self.store.upsert(batch_ids, vectors, batch_texts, [row[1] for row in batch])
-                    written.extend(batch_ids)
-                    del vectors
-                    if progress is not None:
-                        progress(len(batch), active)
-            error = False
-        except Exception as exc:
-            mark_resume(exc, active.processed if active else 0, total)
-            raise
-        finally:
-            if active is not None:
-                self.stats.record(active, error)
+        with AccountedWrite(self._budget(), self.stats, total) as active:
+            self.last_budget = active
+            for batch in active.chunks(_rows(texts, metadatas, ids)):
+                batch_texts = [row[0] for row in batch]
+                batch_ids = [row[2] or uuid.uuid4().hex for row in batch]
+                vectors = self.embedder.embed_documents(batch_texts)
+                self.store.upsert(batch_ids, vectors, batch_texts, [row[1] for row in batch])
+                written.extend(batch_ids)
+                del vectors
+                if progress is not None:
+                    progress(len(batch), active)
         return written
 
     def search(self, query: str, k: int = 5) -> list[Hit]:

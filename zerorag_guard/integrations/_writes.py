@@ -87,6 +87,42 @@ def mark_resume(exc: BaseException, processed: int, total: Optional[int] = None)
         exc.add_note(f"zerorag_guard: {processed}{of} items were written; resume from {processed}")
 
 
+class AccountedWrite:
+    """One bulk write inside ``budget``: ``with`` / ``async with`` yields the active budget, and
+    on the way out records it in ``stats`` and, on a failure, marks the exception with the
+    resume position (the items whose batches were written)."""
+
+    def __init__(self, budget: MemoryBudget, stats: WriteStats, total: Optional[int]) -> None:
+        self._budget = budget
+        self._stats = stats
+        self._total = total
+        self._active: Optional[MemoryBudget] = None
+
+    def __enter__(self) -> MemoryBudget:
+        try:
+            self._active = self._budget.__enter__()
+        except Exception as exc:
+            mark_resume(exc, 0, self._total)
+            raise
+        return self._active
+
+    def __exit__(self, kind: Any, exc: Optional[BaseException], tb: Any) -> None:
+        active = self._active
+        assert active is not None
+        try:
+            self._budget.__exit__(kind, exc, tb)
+        finally:
+            if isinstance(exc, Exception):
+                mark_resume(exc, active.processed, self._total)
+            self._stats.record(active, exc is not None)
+
+    async def __aenter__(self) -> MemoryBudget:
+        return self.__enter__()
+
+    async def __aexit__(self, kind: Any, exc: Optional[BaseException], tb: Any) -> None:
+        self.__exit__(kind, exc, tb)
+
+
 # -- splitting parallel arguments -----------------------------------------------------------------
 def _sliceable(value: Any) -> bool:
     if isinstance(value, Mapping):

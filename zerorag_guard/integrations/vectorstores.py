@@ -23,7 +23,15 @@ import wrapt
 
 from ..budget import MemoryBudget, memory_budget
 from ..monitor import MemoryMonitor, get_monitor
-from ._writes import Split, WriteStats, combine, mark_resume, rebuild, same, split_in_step
+from ._writes import (
+    AccountedWrite,
+    Split,
+    WriteStats,
+    combine,
+    rebuild,
+    same,
+    split_in_step,
+)
 
 __all__ = ["GuardedStore", "WriteStats", "guard_store", "store_kind"]
 
@@ -122,21 +130,11 @@ class GuardedStore(wrapt.ObjectProxy):
         items, part_of, count = split_in_step(fields, f"{self.kind} {name}")
         budget = self._budget(self.max_batch_size())
         results = []
-        active: Optional[MemoryBudget] = None
-        error = True
-        try:
-            with budget as active:
-                self._self_last = active
-                for batch in active.chunks(items):
-                    a, k = rebuild(bound, adapt(part_of(batch)))
-                    results.append(method(*a, **k))
-            error = False
-        except Exception as exc:
-            mark_resume(exc, active.processed if active else 0, count)
-            raise
-        finally:
-            if active is not None:
-                self._self_stats.record(active, error)
+        with AccountedWrite(budget, self._self_stats, count) as active:
+            self._self_last = active
+            for batch in active.chunks(items):
+                a, k = rebuild(bound, adapt(part_of(batch)))
+                results.append(method(*a, **k))
         return combine(results)
 
     async def _awrite(self, name: str, args: Any, kwargs: Any) -> Any:
@@ -150,21 +148,11 @@ class GuardedStore(wrapt.ObjectProxy):
             cap = await cap
         budget = self._budget(cap)
         results = []
-        active: Optional[MemoryBudget] = None
-        error = True
-        try:
-            async with budget as active:
-                self._self_last = active
-                async for batch in active.achunks(items):
-                    a, k = rebuild(bound, adapt(part_of(batch)))
-                    results.append(await method(*a, **k))
-            error = False
-        except Exception as exc:
-            mark_resume(exc, active.processed if active else 0, count)
-            raise
-        finally:
-            if active is not None:
-                self._self_stats.record(active, error)
+        async with AccountedWrite(budget, self._self_stats, count) as active:
+            self._self_last = active
+            async for batch in active.achunks(items):
+                a, k = rebuild(bound, adapt(part_of(batch)))
+                results.append(await method(*a, **k))
         return combine(results)
 
     def _dispatch(self, name: str, args: Any, kwargs: Any) -> Any:
