@@ -8,7 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
 import zerorag_guard
@@ -336,6 +336,7 @@ def test_critical_at_or_below_main_is_a_config_error(main: float, ratio: float) 
     critical = main * ratio
     if critical <= 0:
         critical = main
+    assume(critical != 1200.0)  # the default critical: the main threshold is named (test below)
     with pytest.raises(ConfigError) as info:
         GuardConfig(threshold_mb=main, critical_threshold_mb=critical)
     _assert_names_it(info.value, "MEMORY_CRITICAL_THRESHOLD_MB", critical)
@@ -344,6 +345,25 @@ def test_critical_at_or_below_main_is_a_config_error(main: float, ratio: float) 
             {"MEMORY_THRESHOLD_MB": repr(main), "MEMORY_CRITICAL_THRESHOLD_MB": repr(critical)}
         )
     _assert_names_it(info.value, "MEMORY_CRITICAL_THRESHOLD_MB", repr(critical))
+
+
+@pytest.mark.parametrize("main", ["1200", "1200.0", "2 GB", "5000"])
+def test_main_moved_past_the_default_critical_names_main(main: str) -> None:
+    # Only MEMORY_THRESHOLD_MB was set: the error names it, not the default the user never saw.
+    with pytest.raises(ConfigError) as info:
+        GuardConfig.from_env({"MEMORY_THRESHOLD_MB": main})
+    _assert_names_it(info.value, "MEMORY_THRESHOLD_MB", main)
+    assert "MEMORY_CRITICAL_THRESHOLD_MB (1200 MB, its default)" in str(info.value)
+    # The same at run time, and the live settings are left as they were.
+    monitor = MemoryMonitor(GuardConfig())
+    with pytest.raises(ConfigError) as info:
+        monitor.configure(threshold_mb=main)
+    assert info.value.variable == "MEMORY_THRESHOLD_MB"
+    assert monitor.config == GuardConfig()
+    # Both moved: the critical one, as given, is named.
+    with pytest.raises(ConfigError) as info:
+        GuardConfig.from_env({"MEMORY_THRESHOLD_MB": main, "MEMORY_CRITICAL_THRESHOLD_MB": "1100"})
+    _assert_names_it(info.value, "MEMORY_CRITICAL_THRESHOLD_MB", "1100")
 
 
 @settings(max_examples=100, deadline=None)

@@ -7,6 +7,7 @@ import ctypes
 import functools
 import json
 import logging
+import mmap
 import os
 import re
 import subprocess
@@ -20,7 +21,7 @@ from typing import Any, Callable
 
 import pytest
 
-from zerorag_guard import LeakProfiler, LeakReport, health
+from zerorag_guard import LeakProfiler, LeakReport, health, probes
 from zerorag_guard.cleanup import _malloc_trim
 from zerorag_guard.config import GuardConfig
 from zerorag_guard.limits import EffectiveLimit
@@ -73,6 +74,15 @@ libc = ctypes.CDLL(None)
 libc.malloc.restype = ctypes.c_void_p
 libc.malloc.argtypes = [ctypes.c_size_t]
 libc.memset.argtypes = [ctypes.c_void_p, ctypes.c_int, ctypes.c_size_t]
+libc.mmap.restype = ctypes.c_void_p
+libc.mmap.argtypes = [
+    ctypes.c_void_p,
+    ctypes.c_size_t,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_int,
+    ctypes.c_long,
+]
 
 
 def leak_100kb_in_c() -> None:
@@ -80,14 +90,89 @@ def leak_100kb_in_c() -> None:
     libc.memset(pointer, 1, 100 * KB)  # written, so the pages are resident; never freed
 
 
-@pytest.mark.skipif(_malloc_trim is None, reason="needs glibc (malloc_trim) and /proc RSS")
-def test_c_memory_leak_shows_through_rss_only() -> None:
-    report = LeakProfiler(iterations=10).check(leak_100kb_in_c)
+def leak_100kb_of_pages() -> None:
+    # Pages mapped straight from the kernel: no allocator counts them, only RSS sees them.
+    pointer = libc.mmap(
+        None,
+        100 * KB,
+        mmap.PROT_READ | mmap.PROT_WRITE,
+        mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS,
+        -1,
+        0,
+    )
+    libc.memset(pointer, 1, 100 * KB)
 
-    assert report.leaking and report.source == "rss"
-    assert report.rss is not None and 85 * KB <= report.rss.bytes_per_iteration <= 130 * KB
+
+def _assert_native(report: LeakReport) -> None:
+    assert report.leaking and report.source == "native", report.format()
+    assert 85 * KB <= report.growth_bytes_per_iteration <= 130 * KB, (report.format(), report.rss)
     assert not report.tracemalloc_saw_growth and report.top_sites == []
     assert "tracemalloc saw nothing" in report.format()
+
+
+@pytest.mark.skipif(probes.mallinfo2() is None, reason="needs glibc 2.33+ (mallinfo2)")
+def test_c_malloc_leak_shows_in_the_c_heap() -> None:
+    report = LeakProfiler(iterations=10).check(leak_100kb_in_c)
+
+    _assert_native(report)
+    # The allocator's count is exact: 100 KiB and its chunk header per call, in every round
+    # (RSS may see less: the chunks can land on heap pages that are already resident).
+    assert report.heap is not None and report.heap.r2 >= 0.99
+    assert report.heap.late_bytes_per_iteration == pytest.approx(100 * KB, abs=1 * KB)
+    assert "C heap" in report.format()
+
+
+@pytest.mark.skipif(_malloc_trim is None, reason="needs glibc (malloc_trim) and /proc RSS")
+def test_native_leak_no_allocator_counts_shows_through_rss() -> None:
+    report = LeakProfiler(iterations=10).check(leak_100kb_of_pages)
+
+    _assert_native(report)
+    assert report.rss is not None and 85 * KB <= report.rss.bytes_per_iteration <= 130 * KB
+    assert report.heap is None or report.heap.late_bytes_per_iteration < 1 * KB
+
+
+def test_without_a_heap_count_the_c_leak_still_shows_through_rss() -> None:
+    # As on musl or an older glibc: no mallinfo2, RSS is the only witness.
+    report = LeakProfiler(iterations=10, heap_reader=lambda: None).check(leak_100kb_of_pages)
+    _assert_native(report)
+    assert report.heap is None and report.to_dict()["heap"] is None
+
+
+def _fed(readings: list[int]) -> Callable[[], int]:
+    """A reader that returns ``readings`` in turn, one per measured untraced round."""
+    it = iter(readings)
+    return lambda: next(it)
+
+
+def _native_report(rss_kb: list[int], heap_kb: list[int]) -> LeakReport:
+    profiler = LeakProfiler(
+        iterations=10,
+        rss_reader=_fed([int(v * KB) for v in rss_kb]),
+        heap_reader=_fed([int(v * KB) for v in heap_kb]),
+    )
+    return profiler.check(lambda: None)
+
+
+def _steady(per_round: int, step_at: int, step: int) -> list[int]:
+    return [50_000 + per_round * i + (step if i >= step_at else 0) for i in range(11)]
+
+
+def test_a_one_off_step_neither_makes_nor_hides_a_native_leak() -> None:
+    # RSS takes an arena or a huge page in one round: the median slope does not move.
+    flat_heap = [10_000] * 11
+    leak = _native_report(_steady(100, step_at=2, step=2048), flat_heap)
+    assert leak.leaking and leak.source == "native"
+    assert leak.growth_bytes_per_iteration == pytest.approx(100 * KB, rel=0.01)
+    assert leak.rss is not None and leak.rss.robust and leak.rss.r2 < 0.8  # least squares fails
+
+    no_leak = _native_report(_steady(0, step_at=4, step=1024), flat_heap)
+    assert not no_leak.leaking, no_leak.format()
+
+    # The C heap is read first: exact growth there, however RSS moved.
+    heap_leak = _native_report([50_000] * 11, _steady(100, step_at=3, step=0))
+    assert heap_leak.leaking and heap_leak.heap is not None
+    assert heap_leak.growth_bytes_per_iteration == pytest.approx(100 * KB, rel=0.01)
+    assert "median slope" in heap_leak.format()
 
 
 # -- the non-leaking side -----------------------------------------------------------------------

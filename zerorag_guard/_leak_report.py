@@ -17,15 +17,18 @@ def _kb(value: float) -> str:
 
 @dataclass(frozen=True)
 class Fit:
-    """A least-squares fit over the measured rounds: growth per iteration, R², the share of rounds
-    that rose, the growth per iteration over the later half of the rounds, and the readings
-    themselves (bytes)."""
+    """A fit over the measured rounds: growth per iteration, the least-squares R², the share of
+    rounds that rose, the growth per iteration over the later half of the rounds, and the readings
+    themselves (bytes). The growth is the least-squares slope or, when ``robust`` (RSS and the
+    C heap, which move in steps), the Theil-Sen slope: the median of the slopes between every
+    two rounds."""
 
     bytes_per_iteration: float
     r2: float
     rising_share: float
     late_bytes_per_iteration: float
     series: list[int] = field(default_factory=list)
+    robust: bool = False
 
 
 @dataclass(frozen=True)
@@ -83,10 +86,11 @@ class LeakReport:
 
     ``leaking`` is true when growth per iteration reached the threshold consistently (good fit,
     most rounds rising): in Python memory (the object census and tracemalloc agree: ``source``
-    ``"python"``) or, for memory Python cannot see, in RSS alone (``source`` ``"rss"``).
-    ``growth_bytes_per_iteration`` is the figure the verdict rests on; without a leak, the growth
-    per iteration still seen over the later half of the rounds. ``traced``, ``objects`` and
-    ``rss`` are the three fits (None when too few rounds were measured).
+    ``"python"``) or, for memory Python cannot see, in the C heap or in RSS (``source``
+    ``"native"``). ``growth_bytes_per_iteration`` is the figure the verdict rests on; without a
+    leak, the growth per iteration still seen over the later half of the rounds. ``traced``,
+    ``objects``, ``rss`` and ``heap`` (bytes ``malloc`` holds) are the fits, None when too few
+    rounds were measured or, for ``heap``, where the C library cannot say.
     """
 
     leaking: bool
@@ -97,6 +101,7 @@ class LeakReport:
     traced: Optional[Fit]
     objects: Optional[Fit]
     rss: Optional[Fit]
+    heap: Optional[Fit]
     threshold_bytes: float
     rss_threshold_bytes: float
     warmup: int
@@ -109,10 +114,10 @@ class LeakReport:
 
     def format(self) -> str:
         """A few lines for people: the verdict, the figures, then where and what grew."""
-        if self.leaking and self.source == "rss":
+        if self.leaking and self.source == "native":
             head = (
-                f"LEAK: RSS grows {_kb(self.growth_bytes_per_iteration)} per iteration, "
-                "outside Python: tracemalloc saw nothing growing, so look at C extensions, "
+                f"LEAK: memory outside Python grows {_kb(self.growth_bytes_per_iteration)} per "
+                "iteration: tracemalloc saw nothing growing, so look at C extensions, "
                 "native libraries, ctypes/cffi buffers"
             )
         elif self.leaking:
@@ -130,12 +135,14 @@ class LeakReport:
         for label, fit in (
             ("tracemalloc", self.traced),
             ("objects", self.objects),
+            ("C heap", self.heap),
             ("RSS", self.rss),
         ):
             if fit is not None:
+                how = "median slope, " if fit.robust else ""
                 out.append(
                     f"  {label:<11} {_kb(fit.bytes_per_iteration)}/iteration "
-                    f"(R² {fit.r2:.2f}, rising in {fit.rising_share:.0%} of rounds)"
+                    f"({how}R² {fit.r2:.2f}, rising in {fit.rising_share:.0%} of rounds)"
                 )
         if self.top_sites:
             out.append("where it was allocated:")

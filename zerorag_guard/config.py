@@ -42,6 +42,7 @@ _UNITS_MB = {
     "tb": 1024.0 * 1024,
     "tib": 1024.0 * 1024,
 }
+_DEFAULT_CRITICAL_MB = 1200.0
 
 
 def _spec(
@@ -76,7 +77,9 @@ class GuardConfig:
 
     threshold_mb: float = _spec(1000.0, "MEMORY_THRESHOLD_MB", "a size in MB above 0, e.g. 1000")
     critical_threshold_mb: float = _spec(
-        1200.0, "MEMORY_CRITICAL_THRESHOLD_MB", "a size in MB above MEMORY_THRESHOLD_MB, e.g. 1200"
+        _DEFAULT_CRITICAL_MB,
+        "MEMORY_CRITICAL_THRESHOLD_MB",
+        "a size in MB above MEMORY_THRESHOLD_MB, e.g. 1200",
     )
     gc_interval_seconds: float = _spec(
         180.0, "GC_INTERVAL_SECONDS", "seconds between 0 and 86400, e.g. 180", high=86400.0
@@ -184,15 +187,25 @@ class GuardConfig:
     )
 
     def __post_init__(self) -> None:
-        given = self.critical_threshold_mb  # report the value as given ("1 GB"), not as parsed
+        # Report the values as given ("1 GB"), not as parsed.
+        given_main, given_critical = self.threshold_mb, self.critical_threshold_mb
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(f, getattr(self, f.name)))
-        if self.critical_threshold_mb <= self.threshold_mb:
+        if self.critical_threshold_mb > self.threshold_mb:
+            return
+        if self.critical_threshold_mb == _DEFAULT_CRITICAL_MB:
+            # Only the main threshold was moved: it is the one to name, not the untouched default.
             raise ConfigError(
-                "MEMORY_CRITICAL_THRESHOLD_MB",
-                given,
-                f"a size above MEMORY_THRESHOLD_MB ({self.threshold_mb:g} MB)",
+                "MEMORY_THRESHOLD_MB",
+                given_main,
+                f"a size below MEMORY_CRITICAL_THRESHOLD_MB ({_DEFAULT_CRITICAL_MB:g} MB, its "
+                "default); raise MEMORY_CRITICAL_THRESHOLD_MB with it",
             )
+        raise ConfigError(
+            "MEMORY_CRITICAL_THRESHOLD_MB",
+            given_critical,
+            f"a size above MEMORY_THRESHOLD_MB ({self.threshold_mb:g} MB)",
+        )
 
     @property
     def preventive_threshold_mb(self) -> float:

@@ -5,8 +5,9 @@
 it in two passes of ``iterations`` rounds each, with a full garbage collection before every
 measurement:
 
-1. untraced: RSS (after ``malloc_trim(0)``, so freed heap pages do not hide or fake growth) and a
-   census of live objects by type, in pympler's summary rows (type name, count, size);
+1. untraced: the bytes ``malloc`` holds (glibc's ``mallinfo2``, where there is one), RSS (after
+   ``malloc_trim(0)``, so freed heap pages do not hide or fake growth) and a census of live
+   objects by type, in pympler's summary rows (type name, count, size);
 2. under tracemalloc: the traced bytes still alive, grouped by allocation traceback.
 
 Each figure gets a least-squares slope per iteration over its rounds, with R² and the share of
@@ -15,7 +16,12 @@ allocation by about ten and a census allocates per object (measured: 0.04 s untr
 0.4 s traced for 190,000 objects); RSS is read untraced too, so tracemalloc's own tables never
 count as growth. Only consistent growth is a leak: a slope at or over the threshold, a good fit
 and growth in at least half the rounds, seen by the census *and* by tracemalloc (or, for memory
-that Python cannot see, by RSS alone).
+that Python cannot see, by the C heap or by RSS: ``source == "native"``).
+
+RSS alone can miss native growth: a ``malloc`` served from heap pages that are already resident
+(free heap the allocator cannot trim, a transparent huge page) adds nothing to it. The bytes in use
+that glibc reports count every such allocation, so where they are available they are the first
+witness of a native leak.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import contextlib
 import gc
 import itertools
 import os
+import statistics
 import sys
 import tracemalloc
 import types
@@ -35,7 +42,7 @@ from . import cleanup
 from ._leak_report import Fit, LeakReport, SiteGrowth, TypeGrowth
 from .health import linear_fit
 from .monitor import process_monitor
-from .probes import MemoryProbe, RssReader
+from .probes import HeapReader, MemoryProbe, RssReader, malloc_in_use_bytes
 
 __all__ = ["Fit", "LeakProfiler", "LeakReport", "SiteGrowth", "TypeGrowth"]
 
@@ -64,26 +71,45 @@ def _ignored_patterns() -> list[str]:
     return [*patterns, "<unknown>"]
 
 
-def fit_series(values: Sequence[float]) -> Fit:
-    """Least-squares growth per round of ``values`` (one reading per round), with R² and the share
-    of rounds that rose."""
+def fit_series(values: Sequence[float], robust: bool = False) -> Fit:
+    """Growth per round of ``values`` (one reading per round), over all rounds and over the later
+    half, with the least-squares R² and the share of rounds that rose.
+
+    The growth is the least-squares slope or, with ``robust``, the Theil-Sen slope (the median of
+    the slopes between every two rounds), which one step in the readings does not move: what
+    RSS and the C heap need, as they move by pages, arenas and huge pages.
+    """
     points = [(float(i), float(v)) for i, v in enumerate(values)]
+    late_points = points[min(len(points) // 2, len(points) - 2) :]  # two points at least
     slope, r2 = linear_fit(points)
-    late, _ = linear_fit(points[len(points) // 2 :])
+    late, _ = linear_fit(late_points)
+    if robust:
+        slope, late = _theil_sen(points), _theil_sen(late_points)
     rises = sum(1 for a, b in itertools.pairwise(values) if b > a)
     share = rises / (len(values) - 1) if len(values) > 1 else 0.0
     return Fit(
-        round(slope, 1), round(r2, 3), round(share, 3), round(late, 1), [int(v) for v in values]
+        round(slope, 1),
+        round(r2, 3),
+        round(share, 3),
+        round(late, 1),
+        [int(v) for v in values],
+        robust,
     )
 
 
+def _theil_sen(points: Sequence[tuple[float, float]]) -> float:
+    slopes = [(y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in itertools.combinations(points, 2)]
+    return statistics.median(slopes) if slopes else 0.0
+
+
 def consistent(fit: Optional[Fit], threshold: float) -> bool:
-    """Growth at or over ``threshold`` per round, with a good fit, in most rounds, and still going
-    in the later half (a cache filling up levels off; a leak does not): not noise."""
+    """Growth at or over ``threshold`` per round, with a good fit (for a robust fit, the median
+    slope is the test), in most rounds, and still going in the later half (a cache filling up
+    levels off; a leak does not): not noise."""
     return (
         fit is not None
         and fit.bytes_per_iteration >= threshold
-        and fit.r2 >= MIN_R2
+        and (fit.robust or fit.r2 >= MIN_R2)
         and fit.rising_share >= MIN_RISING_SHARE
         and still_growing(fit, threshold)
     )
@@ -108,9 +134,11 @@ class LeakProfiler:
         print(lp.report().format())
 
     ``threshold_bytes`` is the growth per iteration of Python memory that counts as a leak;
-    ``rss_threshold_bytes`` the same for RSS (default: the larger of ``threshold_bytes`` and
-    64 KiB). ``rss_reader`` replaces the RSS source (for tests); ``traceback_limit`` is the number
-    of frames tracemalloc keeps per allocation; ``top`` how many types and sites are reported.
+    ``rss_threshold_bytes`` the same for memory outside Python, in the C heap or in RSS (default:
+    the larger of ``threshold_bytes`` and 64 KiB). ``rss_reader`` and ``heap_reader`` replace the
+    RSS and C-heap sources (for tests; a heap reader returning None means "not available");
+    ``traceback_limit`` is the number of frames tracemalloc keeps per allocation; ``top`` how many
+    types and sites are reported.
     """
 
     def __init__(
@@ -123,6 +151,7 @@ class LeakProfiler:
         top: int = 10,
         traceback_limit: int = 8,
         rss_reader: Optional[RssReader] = None,
+        heap_reader: HeapReader = malloc_in_use_bytes,
     ) -> None:
         if not isinstance(warmup, int) or warmup < 0:
             raise ValueError(f"warmup={warmup!r} is not valid: expected a whole number >= 0")
@@ -147,6 +176,7 @@ class LeakProfiler:
         self.top = top
         self.traceback_limit = traceback_limit
         self._rss_reader = rss_reader
+        self._heap_reader = heap_reader
         self._report: Optional[LeakReport] = None
         self._reset()
 
@@ -161,6 +191,8 @@ class LeakProfiler:
         n = self.iterations + 1
         self._steps = 0
         self._rss = array.array("d", bytes(8 * n))
+        self._heap = array.array("d", bytes(8 * n))
+        self._heap_seen = True
         self._objects = array.array("d", bytes(8 * n))
         self._types: dict[str, array.array[float]] = {}
         self._traced = array.array("d", bytes(8 * n))
@@ -198,6 +230,10 @@ class LeakProfiler:
             if self._rss_reader is not None
             else MemoryProbe(use_kernel_peak=False)
         )
+        # The census warms up like the function: its first runs leave Python's allocator with
+        # arenas it cannot give back, which would read as RSS growth in the first measured
+        # rounds. One census here and one after every warm-up round, all thrown away.
+        self._census()
         if self.warmup == 0:
             self._measure_untraced(0)
         return self
@@ -215,7 +251,9 @@ class LeakProfiler:
             raise RuntimeError("LeakProfiler.step() called outside its `with` block")
         self._steps += 1
         k, w, n = self._steps, self.warmup, self.iterations
-        if w <= k <= w + n:
+        if k < w:
+            self._census()  # the profiler warms up too: see __enter__
+        elif w <= k <= w + n:
             self._measure_untraced(k - w)
             if k == w + n:
                 self._start_tracing()
@@ -237,6 +275,11 @@ class LeakProfiler:
             cleanup._malloc_trim(0)  # hand freed heap pages back so RSS shows live memory only
         assert self._probe is not None
         self._rss[i] = self._probe.rss_bytes()
+        heap = self._heap_reader()
+        if heap is None:
+            self._heap_seen = False
+        else:
+            self._heap[i] = heap
         total = 0
         for name, (count, size) in self._census().items():
             row = self._types.get(name)
@@ -248,7 +291,14 @@ class LeakProfiler:
         self._objects[i] = total
 
     def _own_ids(self) -> set[int]:
-        own = {id(self._rss), id(self._objects), id(self._traced), id(self._types), id(self._sites)}
+        own = {
+            id(self._rss),
+            id(self._heap),
+            id(self._objects),
+            id(self._traced),
+            id(self._types),
+            id(self._sites),
+        }
         own.update(map(id, self._types))
         own.update(map(id, self._types.values()))
         return own
@@ -329,7 +379,12 @@ class LeakProfiler:
     def _build_report(self) -> LeakReport:
         w, n = self.warmup, self.iterations
         untraced_rounds = max(0, min(self._steps - w + 1, n + 1))
-        rss = fit_series(self._rss[:untraced_rounds]) if untraced_rounds >= 2 else None
+        rss = fit_series(self._rss[:untraced_rounds], robust=True) if untraced_rounds >= 2 else None
+        heap = (
+            fit_series(self._heap[:untraced_rounds], robust=True)
+            if untraced_rounds >= 2 and self._heap_seen
+            else None
+        )
         objects = fit_series(self._objects[:untraced_rounds]) if untraced_rounds >= 2 else None
         traced = fit_series(self._traced[: len(self._sites)]) if len(self._sites) >= 2 else None
         if traced is None:
@@ -344,12 +399,14 @@ class LeakProfiler:
                 consistent(objects, self.threshold_bytes)
                 and still_growing(traced, self.threshold_bytes)
             )
-        native = not python and consistent(rss, self.rss_threshold_bytes)
+        # Outside Python: the C heap first (exact, whatever the pages do), then RSS.
+        native_fit = next((f for f in (heap, rss) if consistent(f, self.rss_threshold_bytes)), None)
+        native = not python and native_fit is not None
         best = traced or objects
         if python and best is not None:
             growth = best.bytes_per_iteration
-        elif native and rss is not None:
-            growth = rss.bytes_per_iteration
+        elif native and native_fit is not None:
+            growth = native_fit.bytes_per_iteration
         else:  # what Python memory still grows by at the end, by the view that sees least
             growth = min((f.late_bytes_per_iteration for f in (traced, objects) if f), default=0.0)
         return LeakReport(
@@ -357,10 +414,11 @@ class LeakProfiler:
             growth_bytes_per_iteration=growth,
             top_types=self._top_types(untraced_rounds),
             top_sites=self._top_sites(),
-            source="python" if python else "rss" if native else None,
+            source="python" if python else "native" if native else None,
             traced=traced,
             objects=objects,
             rss=rss,
+            heap=heap,
             threshold_bytes=self.threshold_bytes,
             rss_threshold_bytes=self.rss_threshold_bytes,
             warmup=w,

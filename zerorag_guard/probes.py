@@ -10,10 +10,15 @@ else (``getrusage().ru_maxrss``, ``/usr/bin/time``'s "maximum resident set size"
 reads the old mark before every reset and keeps the process's lifetime peak itself
 (:attr:`MemoryProbe.lifetime_peak_bytes`). Where the kernel refuses, peaks fall back to the
 largest RSS reading seen in the window.
+
+The C heap: :func:`mallinfo2` asks glibc (2.33 and later) what ``malloc`` holds. Bytes in use are
+exact whatever the pages do, where RSS can hide growth that lands on pages already resident (free
+heap the allocator could not trim, transparent huge pages).
 """
 
 from __future__ import annotations
 
+import ctypes
 import os
 import sys
 import threading
@@ -24,6 +29,59 @@ import psutil
 
 MB = 1024 * 1024
 RssReader = Callable[[], int]
+HeapReader = Callable[[], Optional[int]]
+
+_MALLINFO2_FIELDS = (
+    "arena",  # bytes the heap (brk and arena heaps) took from the system
+    "ordblks",  # free chunks
+    "smblks",  # free fastbin chunks
+    "hblks",  # mmapped chunks
+    "hblkhd",  # bytes in mmapped chunks
+    "usmblks",  # always 0
+    "fsmblks",  # bytes in free fastbin chunks
+    "uordblks",  # bytes in use in the heap
+    "fordblks",  # bytes free in the heap
+    "keepcost",  # bytes at the top of the heap that malloc_trim can return
+)
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [(name, ctypes.c_size_t) for name in _MALLINFO2_FIELDS]
+
+
+def _load_mallinfo2() -> Optional[Callable[[], _MallInfo2]]:
+    if not sys.platform.startswith("linux"):
+        return None
+    try:
+        fn = ctypes.CDLL(None).mallinfo2  # glibc >= 2.33; absent on musl and older glibc
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = []
+    fn.restype = _MallInfo2
+    return fn
+
+
+_mallinfo2 = _load_mallinfo2()
+
+
+def mallinfo2() -> Optional[dict[str, int]]:
+    """glibc's ``mallinfo2()`` figures (bytes and chunk counts, summed over all arenas), or None
+    where the C library has no ``mallinfo2``."""
+    if _mallinfo2 is None:
+        return None
+    info = _mallinfo2()
+    return {name: int(getattr(info, name)) for name in _MALLINFO2_FIELDS}
+
+
+def malloc_in_use_bytes() -> Optional[int]:
+    """Bytes that ``malloc`` has handed out and not had back (heap plus mmapped chunks), or None
+    where the C library cannot say. Python's small objects live in pymalloc arenas, which are
+    mmapped directly and not counted here; its larger blocks, C extensions' and native
+    libraries' allocations are."""
+    if _mallinfo2 is None:
+        return None
+    info = _mallinfo2()
+    return int(info.uordblks + info.hblkhd)
 
 
 class PeakWindow:

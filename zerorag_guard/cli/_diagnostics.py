@@ -7,8 +7,6 @@ others still come back.
 
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import gc
 import os
 import sys
@@ -16,7 +14,7 @@ import time
 import tracemalloc
 from typing import Any, Callable
 
-from .. import limits
+from .. import limits, probes
 from ..monitor import MemoryMonitor
 
 MB = 1024 * 1024
@@ -134,41 +132,17 @@ def cgroup_figures(monitor: MemoryMonitor) -> dict[str, Any]:
     }
 
 
-class _MallInfo2(ctypes.Structure):
-    _fields_ = [
-        (name, ctypes.c_size_t)
-        for name in (
-            "arena",
-            "ordblks",
-            "smblks",
-            "hblks",
-            "hblkhd",
-            "usmblks",
-            "fsmblks",
-            "uordblks",
-            "fordblks",
-            "keepcost",
-        )
-    ]
-
-
 def mallinfo2() -> dict[str, float] | None:
     """glibc's heap figures in MB (glibc 2.33 and later; None elsewhere)."""
-    if not sys.platform.startswith("linux"):
+    info = probes.mallinfo2()
+    if info is None:
         return None
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6")
-        fn = libc.mallinfo2
-    except (OSError, AttributeError):
-        return None
-    fn.restype = _MallInfo2
-    info = fn()
     return {
-        "heap_mb (arena)": round(info.arena / MB, 2),
-        "mmapped_mb (hblkhd)": round(info.hblkhd / MB, 2),
-        "in_use_mb (uordblks)": round(info.uordblks / MB, 2),
-        "free_in_heap_mb (fordblks)": round(info.fordblks / MB, 2),
-        "trimmable_mb (keepcost)": round(info.keepcost / MB, 2),
+        "heap_mb (arena)": round(info["arena"] / MB, 2),
+        "mmapped_mb (hblkhd)": round(info["hblkhd"] / MB, 2),
+        "in_use_mb (uordblks)": round(info["uordblks"] / MB, 2),
+        "free_in_heap_mb (fordblks)": round(info["fordblks"] / MB, 2),
+        "trimmable_mb (keepcost)": round(info["keepcost"] / MB, 2),
     }
 
 
