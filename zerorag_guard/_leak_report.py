@@ -5,30 +5,16 @@ from __future__ import annotations
 
 import linecache
 import tracemalloc
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Any, Optional
+
+from ._leak_fit import Fit
 
 KB = 1024.0
 
 
 def _kb(value: float) -> str:
     return f"{value / KB:+.1f} KB"
-
-
-@dataclass(frozen=True)
-class Fit:
-    """A fit over the measured rounds: growth per iteration, the least-squares R², the share of
-    rounds that rose, the growth per iteration over the later half of the rounds, and the readings
-    themselves (bytes). The growth is the least-squares slope or, when ``robust`` (RSS and the
-    C heap, which move in steps), the Theil-Sen slope: the median of the slopes between every
-    two rounds."""
-
-    bytes_per_iteration: float
-    r2: float
-    rising_share: float
-    late_bytes_per_iteration: float
-    series: list[int] = field(default_factory=list)
-    robust: bool = False
 
 
 @dataclass(frozen=True)

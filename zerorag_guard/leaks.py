@@ -29,18 +29,15 @@ from __future__ import annotations
 import array
 import contextlib
 import gc
-import itertools
 import os
-import statistics
 import sys
 import tracemalloc
 import types
-from collections.abc import Sequence
 from typing import Any, Callable, Optional
 
 from . import cleanup
-from ._leak_report import Fit, LeakReport, SiteGrowth, TypeGrowth
-from .health import linear_fit
+from ._leak_fit import Fit, consistent, fit_series, still_growing
+from ._leak_report import LeakReport, SiteGrowth, TypeGrowth
 from .monitor import process_monitor
 from .probes import HeapReader, MemoryProbe, RssReader, malloc_in_use_bytes
 
@@ -49,10 +46,6 @@ __all__ = ["Fit", "LeakProfiler", "LeakReport", "SiteGrowth", "TypeGrowth"]
 #: RSS moves in 4 KiB pages and allocator arenas: below this a slope is noise, whatever the caller's
 #: threshold for Python memory.
 RSS_FLOOR_BYTES = 64 * 1024
-#: Growth counts as consistent only with a fit at least this good...
-MIN_R2 = 0.8
-#: ... and with at least this share of rounds rising.
-MIN_RISING_SHARE = 0.5
 _OWN_FILES = (
     tracemalloc.__file__,
     __file__,
@@ -69,55 +62,6 @@ def _ignored_patterns() -> list[str]:
     except ImportError:  # pragma: no cover - pympler is a dependency
         pass
     return [*patterns, "<unknown>"]
-
-
-def fit_series(values: Sequence[float], robust: bool = False) -> Fit:
-    """Growth per round of ``values`` (one reading per round), over all rounds and over the later
-    half, with the least-squares R² and the share of rounds that rose.
-
-    The growth is the least-squares slope or, with ``robust``, the Theil-Sen slope (the median of
-    the slopes between every two rounds), which one step in the readings does not move: what
-    RSS and the C heap need, as they move by pages, arenas and huge pages.
-    """
-    points = [(float(i), float(v)) for i, v in enumerate(values)]
-    late_points = points[min(len(points) // 2, len(points) - 2) :]  # two points at least
-    slope, r2 = linear_fit(points)
-    late, _ = linear_fit(late_points)
-    if robust:
-        slope, late = _theil_sen(points), _theil_sen(late_points)
-    rises = sum(1 for a, b in itertools.pairwise(values) if b > a)
-    share = rises / (len(values) - 1) if len(values) > 1 else 0.0
-    return Fit(
-        round(slope, 1),
-        round(r2, 3),
-        round(share, 3),
-        round(late, 1),
-        [int(v) for v in values],
-        robust,
-    )
-
-
-def _theil_sen(points: Sequence[tuple[float, float]]) -> float:
-    slopes = [(y2 - y1) / (x2 - x1) for (x1, y1), (x2, y2) in itertools.combinations(points, 2)]
-    return statistics.median(slopes) if slopes else 0.0
-
-
-def consistent(fit: Optional[Fit], threshold: float) -> bool:
-    """Growth at or over ``threshold`` per round, with a good fit (for a robust fit, the median
-    slope is the test), in most rounds, and still going in the later half (a cache filling up
-    levels off; a leak does not): not noise."""
-    return (
-        fit is not None
-        and fit.bytes_per_iteration >= threshold
-        and (fit.robust or fit.r2 >= MIN_R2)
-        and fit.rising_share >= MIN_RISING_SHARE
-        and still_growing(fit, threshold)
-    )
-
-
-def still_growing(fit: Optional[Fit], threshold: float) -> bool:
-    """The later half of the rounds still grows by at least half the threshold per round."""
-    return fit is not None and fit.late_bytes_per_iteration >= threshold / 2
 
 
 class LeakProfiler:

@@ -7,7 +7,9 @@ Pure arithmetic on byte counts, so it is tested with exact figures. The policy i
 - once the cost per item is measured (from each batch's exact peak over the memory it started
   from), a batch is as large as ``SAFETY`` of the headroom allows, capped at the target size
   (``max_size`` when one is given);
-- a batch whose peak came near the limit halves the next one at once.
+- a batch whose peak came near the limit halves the next one at once, unless it cost what was
+  measured (a batch sized to the headroom by a known cost peaks near the limit by design when
+  the job starts at over half the limit; halving it would halve every other batch).
 """
 
 from __future__ import annotations
@@ -17,8 +19,10 @@ from typing import Optional
 
 #: Share of the headroom a batch may plan to use; the rest absorbs items costlier than measured.
 SAFETY = 0.8
-#: A batch peaking above this share of the limit halves the next batch, whatever the estimate.
+#: A batch peaking above this share of the limit halves the next batch...
 NEAR_LIMIT = 0.9
+#: ... unless its exact cost per item was at most this much above the one it was planned with.
+AS_PLANNED = 1.1
 #: Per-item costs remembered; the largest of them is used, so one cheap batch cannot mislead.
 MEMORY = 4
 #: Far from the limit, one batch in this many is still measured exactly, to keep learning.
@@ -35,6 +39,7 @@ class BatchSizer:
         self._costs: collections.deque[float] = collections.deque(maxlen=MEMORY)
         self._halve = False
         self._cheap = 0
+        self._exact_max = 0  # the largest batch whose peak was measured exactly
 
     @property
     def cost_per_item(self) -> Optional[float]:
@@ -59,15 +64,18 @@ class BatchSizer:
     def needs_exact_peak(self, size: int, rss: int, limit: int) -> bool:
         """Whether the next batch must be measured exactly (the kernel's mark, ~100 µs).
 
-        It must while the cost per item is unknown, on every ``RELEARN``-th batch, and whenever
-        the batch could use a quarter of the headroom: a cheap measurement (sampled readings)
-        misses spikes, and with the batch planned at four times less than the headroom, a cost
-        underestimated even fourfold cannot break the ceiling.
+        It must while the cost per item is unknown, when the batch is larger than any measured
+        exactly so far, on every ``RELEARN``-th batch, and whenever the batch could use a quarter
+        of the headroom: a cheap measurement (sampled readings) misses spikes, and with the batch
+        planned at four times less than the headroom, a cost underestimated even fourfold cannot
+        break the ceiling. A larger batch is where a cost is underestimated most: in CI, a first
+        item of 200 KB landed on free memory already resident and measured 4 KB; unmeasured,
+        slow start then doubled to 256 items of 200 KB under 40 MB of headroom.
         """
-        if not self._costs or self._cheap >= RELEARN - 1:
+        cost = self.cost_per_item
+        if cost is None or size > self._exact_max or self._cheap >= RELEARN - 1:
             self._cheap = 0
             return True
-        cost = max(self._costs)  # zero when the items measured cost nothing
         if 4 * size * cost >= limit - rss:
             self._cheap = 0
             return True
@@ -78,8 +86,14 @@ class BatchSizer:
         self, size: int, start_rss: int, peak_rss: int, limit: int, exact: bool = True
     ) -> None:
         """Record a finished batch of ``size`` items that peaked at ``peak_rss``. Only exact
-        peaks teach the cost per item; any peak near the limit halves the next batch."""
+        peaks teach the cost per item; a peak near the limit halves the next batch unless the
+        batch cost what it was planned with."""
+        planned = self.cost_per_item
+        used = max(0, peak_rss - start_rss)
         if size > 0 and exact:
-            self._costs.append(max(0, peak_rss - start_rss) / size)
-        if peak_rss > NEAR_LIMIT * limit:
+            self._exact_max = max(self._exact_max, size)
+            if used > 0:  # nothing seen is no cost learned: the items may have reused free memory
+                self._costs.append(used / size)
+        as_planned = exact and planned is not None and used <= AS_PLANNED * planned * size
+        if peak_rss > NEAR_LIMIT * limit and not as_planned:
             self._halve = True
