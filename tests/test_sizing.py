@@ -45,61 +45,53 @@ def test_cheap_peaks_do_not_teach_the_cost() -> None:
     assert sizer.cost_per_item == MB
 
 
+# A job at 100 of 140 MB whose items cost 200 KB each: 80% of the headroom fits 163 of them.
+RSS, LIMIT, ITEM = 100 * MB, 140 * MB, 200 * 1024
+FIT = int(0.8 * 40 * MB / ITEM)
+
+
+def _run(sizer: BatchSizer, batches: int, cost: int = ITEM) -> tuple[list[int], list[bool]]:
+    """``batches`` batches whose items cost ``cost`` each, measured as the sizer asks: the sizes
+    and whether each was measured exactly."""
+    sizes, exact = [], []
+    for _ in range(batches):
+        sizes.append(sizer.next_size(RSS, LIMIT))
+        exact.append(sizer.needs_exact_peak(sizes[-1], RSS, LIMIT))
+        sizer.learn(sizes[-1], RSS, RSS + sizes[-1] * cost, LIMIT, exact[-1])
+    return sizes, exact
+
+
 def test_a_batch_that_cost_nothing_leaves_the_cost_unknown() -> None:
-    # Seen in CI: the first item (200 KB) landed on free memory that was resident already, so its
-    # exact peak rose by nothing. Its batches must stay exact until a cost shows, or slow start
-    # doubles past the headroom unmeasured (a 256-item batch of 200 KB under 40 MB of headroom).
+    # Items that land on free memory already resident raise no peak: that teaches nothing, so
+    # the batches stay exact until a cost shows ...
     sizer = BatchSizer(target=500)
-    rss, limit, item = 100 * MB, 140 * MB, 200 * 1024
-    sizes = []
-    for n in range(12):
-        size = sizer.next_size(rss, limit)
-        assert sizer.needs_exact_peak(size, rss, limit), (n, size)  # unknown: always exact
-        sizes.append(size)
-        if size * item > 2 * MB:  # beyond the free memory at hand, the items show
-            break
-        sizer.learn(size, rss, rss, limit)  # exact, and it rose by nothing
-    assert sizer.cost_per_item is None
-    sizer.learn(sizes[-1], rss, rss + sizes[-1] * item, limit)
-    # Known now: slow start goes on up to what fits 80% of the headroom, and never past it.
-    for _ in range(8):
-        size = sizer.next_size(rss, limit)
-        sizes.append(size)
-        sizer.learn(size, rss, rss + size * item, limit)
-    assert max(sizes) == sizes[-1] == int(0.8 * 40 * MB / item) == 163
+    sizes, exact = _run(sizer, 5, cost=0)
+    assert sizes == [1, 2, 4, 8, 16] and all(exact) and sizer.cost_per_item is None
+    # ... and once it does, slow start goes on up to what fits, never past it.
+    sizes, _ = _run(sizer, 8)
+    assert max(sizes) == sizes[-1] == FIT == 163
 
 
 def test_a_batch_that_went_as_planned_near_the_limit_is_not_halved() -> None:
-    # A job that starts at 100 of 140 MB: 80% of the headroom peaks at 132 MB, above 90% of the
-    # limit by design. As long as the items cost what was measured, the size holds.
+    # 80% of the headroom peaks at 132 MB, above 90% of the limit by design. As long as the items
+    # cost what was measured, the size holds.
     sizer = BatchSizer(target=500)
-    rss, limit, item = 100 * MB, 140 * MB, 200 * 1024
-    sizes = []
-    for _ in range(14):
-        size = sizer.next_size(rss, limit)
-        sizes.append(size)
-        sizer.learn(size, rss, rss + size * item, limit)
-    assert sizes[-6:] == [163] * 6
+    sizes, _ = _run(sizer, 14)
+    assert sizes[-6:] == [FIT] * 6
     # One batch whose items cost 20% more than measured: the next is halved at once.
-    sizer.learn(163, rss, rss + int(163 * item * 1.2), limit)
-    assert sizer.next_size(rss, limit) == 81
+    sizer.learn(FIT, RSS, RSS + int(FIT * ITEM * 1.2), LIMIT)
+    assert sizer.next_size(RSS, LIMIT) == FIT // 2
 
 
 def test_every_batch_larger_than_any_measured_is_measured_exactly() -> None:
-    # The CI case: the first item measured 4 KB (it reused free memory); the items cost 200 KB.
+    # Seen in CI: the first item measured 4 KB (it reused free memory), and slow start doubled,
+    # unmeasured, to 256 items of 200 KB under 40 MB of headroom.
     sizer = BatchSizer(target=500)
-    rss, limit, item = 100 * MB, 140 * MB, 200 * 1024
-    size = sizer.next_size(rss, limit)
-    assert sizer.needs_exact_peak(size, rss, limit)
-    sizer.learn(size, rss, rss + 4096, limit)
-    sizes, exact = [], []
-    for _ in range(10):
-        size = sizer.next_size(rss, limit)
-        sizes.append(size)
-        exact.append(sizer.needs_exact_peak(size, rss, limit))
-        sizer.learn(size, rss, rss + size * item, limit, exact[-1])
-    assert max(sizes) == 163  # never past 80% of the 40 MB of headroom
-    growing = [i for i in range(1, len(sizes)) if sizes[i] > max(sizes[:i])]
-    assert all(exact[i] for i in growing) and exact[0]
+    assert sizer.needs_exact_peak(sizer.next_size(RSS, LIMIT), RSS, LIMIT)
+    sizer.learn(1, RSS, RSS + 4096, LIMIT)
+    sizes, exact = _run(sizer, 10)
+    assert max(sizes) == FIT
+    growing = [i for i in range(len(sizes)) if sizes[i] > max(sizes[:i], default=1)]
+    assert growing and all(exact[i] for i in growing)
     # At a steady size far from the limit, cheap batches come back.
-    assert not sizer.needs_exact_peak(4, rss, 1000 * MB)
+    assert not sizer.needs_exact_peak(4, RSS, 1000 * MB)
