@@ -67,6 +67,9 @@ def test_a_batch_that_cost_nothing_leaves_the_cost_unknown() -> None:
     sizer = BatchSizer(target=500)
     sizes, exact = _run(sizer, 5, cost=0)
     assert sizes == [1, 2, 4, 8, 16] and all(exact) and sizer.cost_per_item is None
+    # (No larger, and far from the limit, a batch may be sampled; near it, it may not.)
+    assert not sizer.needs_exact_peak(16, RSS, 1000 * MB)
+    assert sizer.needs_exact_peak(16, 950 * MB, 1000 * MB)
     # ... and once it does, slow start goes on up to what fits, never past it.
     sizes, _ = _run(sizer, 8)
     assert max(sizes) == sizes[-1] == FIT == 163

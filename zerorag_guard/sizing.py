@@ -64,19 +64,23 @@ class BatchSizer:
     def needs_exact_peak(self, size: int, rss: int, limit: int) -> bool:
         """Whether the next batch must be measured exactly (the kernel's mark, ~100 µs).
 
-        It must while the cost per item is unknown, when the batch is larger than any measured
-        exactly so far, on every ``RELEARN``-th batch, and whenever the batch could use a quarter
-        of the headroom: a cheap measurement (sampled readings) misses spikes, and with the batch
-        planned at four times less than the headroom, a cost underestimated even fourfold cannot
-        break the ceiling. A larger batch is where a cost is underestimated most: in CI, a first
-        item of 200 KB landed on free memory already resident and measured 4 KB; unmeasured,
-        slow start then doubled to 256 items of 200 KB under 40 MB of headroom.
+        It must when the batch is larger than any measured exactly so far, on every
+        ``RELEARN``-th batch, and near the limit: whenever the batch could use a quarter of the
+        headroom at the cost measured (or, with no cost seen yet, above ``NEAR_LIMIT`` of the
+        limit). A cheap measurement (sampled readings) misses spikes; with the batch planned at
+        four times less than the headroom, a cost underestimated even fourfold cannot break the
+        ceiling. A larger batch is where a cost is underestimated most: in CI, a first item of
+        200 KB landed on free memory already resident and measured 4 KB; unmeasured, slow start
+        then doubled to 256 items of 200 KB under 40 MB of headroom.
         """
         cost = self.cost_per_item
-        if cost is None or size > self._exact_max or self._cheap >= RELEARN - 1:
-            self._cheap = 0
-            return True
-        if 4 * size * cost >= limit - rss:
+        if size > self._exact_max or self._cheap >= RELEARN - 1:
+            near = True
+        elif cost is None:  # batches of this size were measured and showed no cost
+            near = rss > NEAR_LIMIT * limit
+        else:
+            near = 4 * size * cost >= limit - rss
+        if near:
             self._cheap = 0
             return True
         self._cheap += 1
