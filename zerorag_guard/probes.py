@@ -78,10 +78,8 @@ def malloc_in_use_bytes() -> Optional[int]:
     where the C library cannot say. Python's small objects live in pymalloc arenas, which are
     mmapped directly and not counted here; its larger blocks, C extensions' and native
     libraries' allocations are."""
-    if _mallinfo2 is None:
-        return None
-    info = _mallinfo2()
-    return int(info.uordblks + info.hblkhd)
+    info = mallinfo2()
+    return None if info is None else info["uordblks"] + info["hblkhd"]
 
 
 class PeakWindow:

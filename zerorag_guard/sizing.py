@@ -44,8 +44,7 @@ class BatchSizer:
     @property
     def cost_per_item(self) -> Optional[float]:
         """Bytes one item adds to the peak, from recent batches; None until measured."""
-        known = [c for c in self._costs if c > 0]
-        return max(known) if known else None
+        return max(self._costs) if self._costs else None
 
     def next_size(self, rss: int, limit: int) -> int:
         """The size of the next batch for ``rss`` bytes in use now under a ``limit``."""
@@ -75,12 +74,12 @@ class BatchSizer:
         """
         cost = self.cost_per_item
         if size > self._exact_max or self._cheap >= RELEARN - 1:
-            near = True
+            exact = True
         elif cost is None:  # batches of this size were measured and showed no cost
-            near = rss > NEAR_LIMIT * limit
+            exact = rss > NEAR_LIMIT * limit
         else:
-            near = 4 * size * cost >= limit - rss
-        if near:
+            exact = 4 * size * cost >= limit - rss
+        if exact:
             self._cheap = 0
             return True
         self._cheap += 1
