@@ -350,7 +350,7 @@ class LeakProfiler:
         best = traced or objects
         if python and best is not None:
             growth = best.bytes_per_iteration
-        elif native and native_fit is not None:
+        elif native_fit is not None:  # python implies a fit, so this is the native case
             growth = native_fit.bytes_per_iteration
         else:  # what Python memory still grows by at the end, by the view that sees least
             growth = min((f.late_bytes_per_iteration for f in (traced, objects) if f), default=0.0)
