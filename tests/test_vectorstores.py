@@ -8,6 +8,7 @@ from __future__ import annotations
 import functools
 import inspect
 import itertools
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -296,3 +297,84 @@ def test_store_kind_needs_a_known_store() -> None:
     assert store_kind(faiss.IndexFlatL2(2)) == "faiss"
     with pytest.raises(TypeError, match=r"cannot guard builtins\.dict"):
         guard_store({})
+
+
+# -- per-item arguments wherever they sit ---------------------------------------------------------
+def test_langchain_ids_through_kwargs_are_cut_with_the_documents() -> None:
+    # langchain-chroma inherits VectorStore.add_documents(documents, **kwargs): ids arrive in
+    # **kwargs. Cut without them, chunk 2 wrote "bar" over id "1" and "foo" was lost.
+    langchain_chroma = pytest.importorskip("langchain_chroma")
+    from langchain_core.documents import Document
+    from langchain_core.embeddings.fake import DeterministicFakeEmbedding
+
+    client = chromadb.EphemeralClient(settings=chromadb.config.Settings(anonymized_telemetry=False))
+    raw = langchain_chroma.Chroma(
+        collection_name="kwargs-ids",
+        embedding_function=DeterministicFakeEmbedding(size=6),
+        client=client,
+    )
+    store = guard_store(raw, monitor=monitor_with(Steady(100)))
+    try:
+        ids = store.add_documents(
+            [Document(page_content=t, metadata={"t": t}) for t in ("foo", "bar")], ids=["1", "2"]
+        )
+        assert ids == ["1", "2"]
+        assert store.last_budget.batch_sizes == [1, 1]  # slow start: it was cut
+        got = raw.get_by_ids(["1", "2"])
+        assert sorted((d.id, d.page_content) for d in got) == [("1", "foo"), ("2", "bar")]
+    finally:
+        raw.delete_collection()
+
+
+def _spied_langchain() -> tuple[Any, Any, Spy]:
+    raw = _langchain(Path())
+    spy = Spy(raw.add_texts, "texts")
+    raw.add_texts = spy
+    return raw, guard_store(raw, batch_size=2, monitor=monitor_with(Steady(100))), spy
+
+
+def test_an_unknown_list_argument_as_long_as_the_items_sends_the_write_whole() -> None:
+    from zerorag_guard.integrations.vectorstores import UnplacedArgumentWarning
+
+    raw, store, spy = _spied_langchain()
+    texts = [f"text {k}" for k in range(5)]
+    with pytest.warns(UnplacedArgumentWarning, match=r"'scores' holds 5 values"):
+        ids = store.add_texts(texts, ids=IDS[:5], scores=[0.1] * 5)
+    assert spy.sizes == [5] and ids == IDS[:5]  # one call, whole, nothing paired wrongly
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # said once, not on every write
+        store.add_texts(texts, ids=IDS[5:10], scores=[0.1] * 5)
+    assert spy.sizes == [5, 5] and sorted(raw.store) == sorted(IDS[:10])
+    # A list of another length is not per item: the write is cut as usual.
+    store.add_texts(texts, ids=IDS[10:15], tags=["a", "b"])
+    assert spy.sizes[2:] == [1, 2, 2]
+
+
+def test_with_streamed_items_any_unknown_list_argument_sends_the_write_whole() -> None:
+    from zerorag_guard.integrations.vectorstores import UnplacedArgumentWarning
+
+    _, store, spy = _spied_langchain()
+    with pytest.warns(UnplacedArgumentWarning, match=r"stream.*'weights'"):
+        store.add_texts((f"text {k}" for k in range(4)), weights=[1, 2, 3, 4])
+    # One call with the whole stream (InMemoryVectorStore itself stores nothing from a
+    # generator: it reads it twice, bare or guarded alike).
+    assert len(spy.sizes) == 1
+
+
+def test_a_write_of_no_item_or_one_returns_what_the_bare_write_returns() -> None:
+    raw, store, _ = _spied_langchain()
+    assert store.add_texts([]) == raw.add_texts([]) == []
+    assert store.add_texts(["one"], ids=["x"]) == ["x"]
+    assert store.last_budget is None  # nothing to cut: passed through
+
+
+def test_a_single_chroma_metadata_mapping_for_many_ids_is_left_to_chroma(tmp_path: Path) -> None:
+    from zerorag_guard.integrations.vectorstores import UnplacedArgumentWarning
+
+    raw = _chroma(tmp_path)
+    with (
+        pytest.warns(UnplacedArgumentWarning, match="'metadatas' is not a sequence"),
+        pytest.raises(ValueError),  # chroma's own refusal, not a corrupt write
+    ):
+        guard_store(raw).add(ids=["a", "b"], embeddings=VECTORS[:2], metadatas={"n": 1})
+    assert raw.count() == 0

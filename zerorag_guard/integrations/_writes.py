@@ -1,20 +1,15 @@
-"""The pieces of a guarded write: parallel arguments cut in step, write statistics, resume marks.
+"""The accounting of a guarded write: its statistics and the resume mark of a failed one.
 
 Used by :mod:`zerorag_guard.integrations.vectorstores` and :mod:`zerorag_guard.vector_store`;
-nothing here imports a store.
+nothing here imports a store. How a write's arguments are cut is :mod:`._per_item`'s.
 """
 
 from __future__ import annotations
 
-import inspect
-import itertools
 import threading
-from collections.abc import Iterable, Mapping
-from typing import Any, Callable, Optional
+from typing import Any, Optional
 
 from ..budget import MemoryBudget
-
-Split = tuple[dict[str, Any], Callable[[dict[str, Any]], dict[str, Any]]]
 
 
 class WriteStats:
@@ -121,73 +116,3 @@ class AccountedWrite:
 
     async def __aexit__(self, kind: Any, exc: Optional[BaseException], tb: Any) -> None:
         self.__exit__(kind, exc, tb)
-
-
-# -- splitting parallel arguments -----------------------------------------------------------------
-def _sliceable(value: Any) -> bool:
-    if isinstance(value, Mapping):
-        return all(_sliceable(v) for v in value.values())
-    return hasattr(value, "__len__") and hasattr(value, "__getitem__")
-
-
-def _length(value: Any) -> int:
-    if isinstance(value, Mapping):  # qdrant named vectors: {name: vectors}
-        lengths = {len(v) for v in value.values()}
-        return lengths.pop() if len(lengths) == 1 else -1
-    return len(value)
-
-
-def _slice(value: Any, start: int, stop: int) -> Any:
-    if isinstance(value, Mapping):
-        return {k: _slice(v, start, stop) for k, v in value.items()}
-    return value[start:stop]  # a view for numpy arrays
-
-
-def split_in_step(
-    fields: dict[str, Any], what: str
-) -> tuple[Iterable[Any], Callable[[list[Any]], dict[str, Any]], Optional[int]]:
-    """Items to chunk, the function turning a chunk back into field values, and the count.
-
-    Sized fields (lists, tuples, numpy arrays, dicts of them) are cut by index range, so a
-    chunk's values are slices; when one is a plain iterable (a generator), the fields are zipped
-    and streamed, and the count is unknown.
-    """
-    names = [k for k, v in fields.items() if v is not None]
-    values = [fields[k] for k in names]
-    if all(_sliceable(v) for v in values):
-        lengths = {n: _length(v) for n, v in zip(names, values)}
-        if len(set(lengths.values())) > 1:
-            raise ValueError(
-                f"{what}: the arguments written together must have the same length, got "
-                + ", ".join(f"{n}={k}" for n, k in lengths.items())
-            )
-        count = next(iter(lengths.values()), 0)
-
-        def by_range(batch: list[int]) -> dict[str, Any]:
-            start, stop = batch[0], batch[-1] + 1
-            return {n: _slice(v, start, stop) for n, v in zip(names, values)}
-
-        return range(count), by_range, count
-
-    def by_column(batch: list[tuple[Any, ...]]) -> dict[str, Any]:
-        return {n: list(column) for n, column in zip(names, zip(*batch))}
-
-    return zip(*values, strict=True), by_column, None
-
-
-def combine(results: list[Any]) -> Any:
-    """List results (ids) concatenated, all-None stays None, else the last chunk's result."""
-    if results and all(isinstance(r, list) for r in results):
-        return list(itertools.chain.from_iterable(results))
-    return results[-1] if results else None
-
-
-def same(part: dict[str, Any]) -> dict[str, Any]:
-    return part
-
-
-def rebuild(bound: inspect.BoundArguments, part: dict[str, Any]) -> tuple[Any, Any]:
-    """The call's ``(args, kwargs)`` with the chunk's values in place of the whole ones."""
-    for n, v in part.items():
-        bound.arguments[n] = v
-    return bound.args, bound.kwargs

@@ -4,9 +4,14 @@
 or a LangChain ``VectorStore`` in a ``wrapt.ObjectProxy``. Its bulk writes (chromadb
 ``add``/``upsert``; qdrant ``upsert``/``upload_points``/``upload_collection``; faiss
 ``add``/``add_with_ids``; LangChain ``add_texts``/``add_documents`` and their async twins) are
-called once per chunk, the parallel arguments sliced in step (numpy arrays as views, no copy),
-each chunk sized by :meth:`~zerorag_guard.MemoryBudget.chunks`. Everything else reaches the store
-untouched. The store type is told from its classes' modules: no optional package is imported.
+called once per chunk, every per-item argument sliced in step (numpy arrays as views, no copy)
+wherever it sits: named in the signature, passed through ``**kwargs``, or inside a qdrant
+``models.Batch``. Each chunk is sized by :meth:`~zerorag_guard.MemoryBudget.chunks`. A call with
+one item or none, or with a list-like argument of the items' length that the guard does not
+know, goes through whole (the latter with :class:`UnplacedArgumentWarning`): a guess could
+pair an item with another's id. Everything else reaches the store untouched, and each write
+returns what the bare one returns. The store type is told from its classes' modules: no
+optional package is imported.
 
 When one chunk's write fails, the chunks before it are in the store and the others are not; the
 exception, of its original type, gets ``zerorag_processed``: how many leading items were written,
@@ -23,17 +28,19 @@ import wrapt
 
 from ..budget import MemoryBudget, memory_budget
 from ..monitor import MemoryMonitor, get_monitor
-from ._writes import (
-    AccountedWrite,
-    Split,
-    WriteStats,
+from ._per_item import (
+    Adapt,
+    Plan,
+    UnplacedArgumentWarning,
+    call_arguments,
     combine,
+    plan_write,
     rebuild,
     same,
-    split_in_step,
 )
+from ._writes import AccountedWrite, WriteStats
 
-__all__ = ["GuardedStore", "WriteStats", "guard_store", "store_kind"]
+__all__ = ["GuardedStore", "UnplacedArgumentWarning", "WriteStats", "guard_store", "store_kind"]
 
 
 # -- the proxy ------------------------------------------------------------------------------------
@@ -45,8 +52,11 @@ class GuardedStore(wrapt.ObjectProxy):
     """
 
     kind = "store"
-    #: Guarded write name -> the arguments split in step.
+    #: Guarded write name -> its per-item arguments, the items first: those the signature
+    #: names and the documented ones that arrive through ``**kwargs``.
     WRITES: dict[str, tuple[str, ...]] = {}
+    #: Arguments that may be list-like but are never per item (qdrant's shard keys).
+    WHOLE: frozenset[str] = frozenset()
 
     def __init__(self, store: Any, settings: dict[str, Any]) -> None:
         super().__init__(store)
@@ -105,53 +115,56 @@ class GuardedStore(wrapt.ObjectProxy):
             monitor=s["monitor"],
         )
 
-    def _prepare(self, name: str, args: Any, kwargs: Any) -> tuple[Any, Any, Optional[Split]]:
+    def _prepare(self, name: str, args: Any, kwargs: Any) -> tuple[Any, Any, Optional[Plan]]:
         method = getattr(self.__wrapped__, name)
         signature = self._self_signatures.get(name)
         if signature is None:
             signature = self._self_signatures[name] = inspect.signature(method)
         bound = signature.bind(*args, **kwargs)
-        return method, bound, self._fields(name, bound.arguments)
+        found = self._fields(name, bound)
+        if found is None:
+            return method, bound, None
+        fields, adapt = found
+        known = {*self.WRITES[name], *self.WHOLE}
+        return method, bound, plan_write(bound, fields, known, f"{self.kind} {name}", adapt)
 
-    def _fields(self, name: str, arguments: dict[str, Any]) -> Optional[Split]:
-        """The arguments to split for this call and how a chunk of them becomes the call's
-        arguments; None to pass the call through whole (a single item)."""
-        fields = {n: arguments.get(n) for n in self.WRITES[name]}
-        first = fields[self.WRITES[name][0]]
-        if first is None or isinstance(first, (str, bytes)):
+    def _fields(
+        self, name: str, bound: inspect.BoundArguments
+    ) -> Optional[tuple[dict[str, Any], Adapt]]:
+        """The per-item arguments of this call (the items first, wherever each sits) and how a
+        chunk of them becomes the call's arguments; None to pass the call through whole."""
+        arguments = call_arguments(bound)
+        names = self.WRITES[name]
+        if arguments.get(names[0]) is None:
             return None
-        return {n: v for n, v in fields.items() if v is not None}, same
+        return {n: arguments[n] for n in names if arguments.get(n) is not None}, same
 
     def _write(self, name: str, args: Any, kwargs: Any) -> Any:
-        method, bound, split = self._prepare(name, args, kwargs)
-        if split is None:
+        method, bound, plan = self._prepare(name, args, kwargs)
+        if plan is None:
             return method(*args, **kwargs)
-        fields, adapt = split
-        items, part_of, count = split_in_step(fields, f"{self.kind} {name}")
         budget = self._budget(self.max_batch_size())
         results = []
-        with AccountedWrite(budget, self._self_stats, count) as active:
+        with AccountedWrite(budget, self._self_stats, plan.count) as active:
             self._self_last = active
-            for batch in active.chunks(items):
-                a, k = rebuild(bound, adapt(part_of(batch)))
+            for batch in active.chunks(plan.items):
+                a, k = rebuild(bound, plan.adapt(plan.part_of(batch)))
                 results.append(method(*a, **k))
         return combine(results)
 
     async def _awrite(self, name: str, args: Any, kwargs: Any) -> Any:
-        method, bound, split = self._prepare(name, args, kwargs)
-        if split is None:
+        method, bound, plan = self._prepare(name, args, kwargs)
+        if plan is None:
             return await method(*args, **kwargs)
-        fields, adapt = split
-        items, part_of, count = split_in_step(fields, f"{self.kind} {name}")
         cap = self.max_batch_size()
         if inspect.isawaitable(cap):
             cap = await cap
         budget = self._budget(cap)
         results = []
-        async with AccountedWrite(budget, self._self_stats, count) as active:
+        async with AccountedWrite(budget, self._self_stats, plan.count) as active:
             self._self_last = active
-            async for batch in active.achunks(items):
-                a, k = rebuild(bound, adapt(part_of(batch)))
+            async for batch in active.achunks(plan.items):
+                a, k = rebuild(bound, plan.adapt(plan.part_of(batch)))
                 results.append(await method(*a, **k))
         return combine(results)
 
@@ -208,6 +221,7 @@ class QdrantStore(GuardedStore):
         "upload_points": ("points",),
         "upload_collection": ("vectors", "payload", "ids"),
     }
+    WHOLE = frozenset({"shard_key_selector"})
 
     def upsert(self, *args: Any, **kwargs: Any) -> Any:
         return self._dispatch("upsert", args, kwargs)
@@ -218,17 +232,20 @@ class QdrantStore(GuardedStore):
     def upload_collection(self, *args: Any, **kwargs: Any) -> Any:
         return self._dispatch("upload_collection", args, kwargs)
 
-    def _fields(self, name: str, arguments: dict[str, Any]) -> Optional[Split]:
-        points: Any = arguments.get("points")
+    def _fields(
+        self, name: str, bound: inspect.BoundArguments
+    ) -> Optional[tuple[dict[str, Any], Adapt]]:
+        points: Any = call_arguments(bound).get("points")
         if name == "upsert" and hasattr(points, "model_copy") and hasattr(points, "ids"):
-            # models.Batch: ids, vectors and payloads side by side, cut into smaller Batches.
+            # models.Batch: ids, vectors (a list, or named vectors: a dict of lists) and
+            # payloads side by side, cut into smaller Batches.
             fields = {k: getattr(points, k) for k in ("ids", "vectors", "payloads")}
 
             def as_batch(part: dict[str, Any]) -> dict[str, Any]:
                 return {"points": points.model_copy(update=part)}
 
             return {k: v for k, v in fields.items() if v is not None}, as_batch
-        return super()._fields(name, arguments)
+        return super()._fields(name, bound)
 
     def store_figures(self) -> dict[str, Any]:
         client = self.__wrapped__
@@ -266,7 +283,12 @@ class FaissStore(GuardedStore):
 
 class LangChainStore(GuardedStore):
     """A LangChain ``VectorStore``: ``add_texts``/``add_documents`` and the async twins; the ids
-    of the chunks come back as one list."""
+    of the chunks come back as one list, in order, as the bare call returns them.
+
+    ``ids`` and ``metadatas`` are cut with the items whether the store's signature names them
+    (``InMemoryVectorStore``) or they arrive through ``**kwargs`` (``VectorStore.add_documents``,
+    which ``langchain-chroma`` inherits); a document's own ``id`` travels with it.
+    """
 
     kind = "langchain"
     WRITES = {
