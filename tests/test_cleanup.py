@@ -10,6 +10,7 @@ import platform
 import subprocess
 import sys
 import textwrap
+import threading
 
 import pytest
 
@@ -154,7 +155,6 @@ def test_gc_time_budget_with_an_injected_clock() -> None:
 
 
 def test_cleanup_worker_runs_queued_work_and_bounds_its_queue() -> None:
-    import threading
 
     gate, ran = threading.Event(), []
 
@@ -175,8 +175,34 @@ def test_cleanup_worker_runs_queued_work_and_bounds_its_queue() -> None:
         gate.set()
     worker.join(timeout=10)
     assert ran == ["standard", "standard"]
-    worker.stop()
+    assert worker.stop() is True
     assert not worker.alive
+
+
+def test_a_worker_stuck_in_a_slow_cleanup_is_alive_until_it_returns() -> None:
+    started, release = threading.Event(), threading.Event()
+    ran: list[str] = []
+
+    def run(strategy: str) -> None:
+        started.set()
+        release.wait(30)
+        ran.append(strategy)
+
+    worker = CleanupWorker(run, maxsize=4)
+    assert worker.submit("standard") and started.wait(10)
+    assert worker.submit("standard")  # queued behind the slow one: dropped by stop()
+    try:
+        assert worker.stop(timeout=0.05) is False  # still inside the slow cleanup
+        assert worker.alive
+    finally:
+        release.set()
+    assert worker.stop(timeout=10) is True
+    assert not worker.alive and ran == ["standard"]
+    # Stopped for good: the next submission starts a fresh worker that runs it.
+    assert worker.submit("light")
+    worker.join(timeout=10)
+    assert ran == ["standard", "light"]
+    assert worker.stop() is True
 
 
 # -- the fragmented heap ---------------------------------------------------------------------------

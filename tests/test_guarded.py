@@ -113,17 +113,27 @@ def test_errors_are_counted_and_raised() -> None:
 
 
 def test_chunk_splits_sequences_in_step_and_concatenates() -> None:
-    calls = []
+    chunks: list[tuple[list[str], list[int], str]] = []
 
-    @memory_guarded(chunk=("texts", "ids"), batch_size=50)
+    # Steady readings: the chunk sizes are the slow start's, 1, 2, 4, ... up to batch_size.
+    @memory_guarded(chunk=("texts", "ids"), batch_size=50, monitor=monitor_with(Steady(100)))
     def upsert(texts: list[str], ids: list[int], prefix: str = "") -> list[str]:
-        calls.append(len(texts))
+        chunks.append((list(texts), list(ids), prefix))
         return [f"{prefix}{i}:{t}" for t, i in zip(texts, ids)]
 
     texts = [f"t{i}" for i in range(1000)]
     out = upsert(texts, list(range(1000)), prefix="#")
     assert out == [f"#{i}:t{i}" for i in range(1000)]
-    assert sum(calls) == 1000 and len(calls) > 1 and max(calls) == 50
+    # The chunks themselves: consecutive slices, in order, in step, the other arguments whole.
+    sizes = [len(t) for t, _, _ in chunks]
+    assert sizes == [1, 2, 4, 8, 16, 32] + [50] * 18 + [37]
+    start = 0
+    for chunk_texts, chunk_ids, prefix in chunks:
+        stop = start + len(chunk_texts)
+        assert chunk_texts == texts[start:stop] and chunk_ids == list(range(start, stop))
+        assert prefix == "#"
+        start = stop
+    assert start == 1000
 
 
 def test_chunk_with_none_results_returns_none() -> None:

@@ -177,9 +177,12 @@ def test_alerts_are_logged(
     assert record.levelno == logging.CRITICAL
 
 
-def test_sampler_thread_moves_the_level_within_one_interval(readings: Readings) -> None:
-    # A real sampler thread, real clock, 10 ms interval. The reader logs what each call returned,
-    # so the test can check that the very first sample to see the crossing moved the level.
+def test_sampler_thread_moves_the_level_on_the_first_sample_that_sees_it(
+    readings: Readings,
+) -> None:
+    # A real sampler thread, real clock, 10 ms interval. No time is measured (a shared machine
+    # may stall a thread for any while): the history shows that the very first sample to see
+    # the crossing moved the level, and that none before it did.
     m = MemoryMonitor(
         GuardConfig(sample_interval=0.01),
         probe=MemoryProbe(rss_reader=readings),
@@ -551,6 +554,9 @@ def test_forked_child_gets_a_working_monitor_of_its_own() -> None:
     report = in_forked_child(child)
     print(f"parent {os.getpid()} RSS {parent_rss:.1f} MB; child {report}")
     assert report["pid"] != os.getpid()
+    # One process-wide monitor: the child's get_monitor() is the object it inherited, with a
+    # sampler thread of its own started again by os.register_at_fork.
+    assert report["same_monitor"]
     assert report["running"] and report["thread_alive"]
     assert report["after"] - report["before"] >= 95  # the child's own RSS, not the parent's
     assert report["seen_by_sampler"], "the child's sampler thread recorded no sample"

@@ -165,3 +165,36 @@ def test_a_cheap_window_sees_sampled_readings_but_not_an_old_kernel_mark() -> No
     probe.note(start + 70 * MB)  # a sampled reading reaches the cheap window
     assert cheap.close() >= start + 70 * MB
     assert exact.close() < start + 50 * MB  # the exact window reads the kernel, not notes
+
+
+def _fake_proc(root: Path, hwm_kb: int) -> None:
+    own = root / "self"
+    own.mkdir(parents=True)
+    (own / "statm").write_text("25600 12800 1000 100 0 20000 0\n")
+    (own / "status").write_text(f"Name:\tpython\nVmHWM:\t{hwm_kb} kB\nVmRSS:\t51200 kB\n")
+    (own / "clear_refs").write_text("")
+
+
+def test_a_mark_that_a_reset_does_not_lower_is_not_trusted(tmp_path: Path) -> None:
+    # clear_refs takes the write, VmHWM never moves (as in a sandbox that ignores the reset):
+    # the mark is readable and positive, but windows must not use it.
+    _fake_proc(tmp_path, hwm_kb=900_000)
+    probe = MemoryProbe(proc_root=str(tmp_path))
+    assert (tmp_path / "self" / "clear_refs").read_text() == "5"  # the reset was tried
+    assert probe.source == "statm" and probe.rss_bytes() == 12800 * probe._page_size
+    assert not probe.kernel_peak
+    window = probe.open_window()
+    probe.note(probe.rss_bytes() + 10 * MB)
+    assert window.close() == probe.rss_bytes() + 10 * MB  # sampled, not the stale 900 MB mark
+    assert probe.lifetime_peak_bytes >= 900_000 * 1024  # the old mark is still kept
+
+
+def test_the_real_kernel_mark_drops_after_a_reset(kernel_probe: MemoryProbe) -> None:
+    block = bytearray(64 * MB)  # zero-filled by calloc: touch one byte a page to make it resident
+    for offset in range(0, len(block), 4096):
+        block[offset] = 1
+    high = kernel_probe.current_peak_bytes()
+    del block
+    window = kernel_probe.open_window()  # resets the mark below the 64 MB that were freed
+    assert window.close() < high - 32 * MB
+    assert kernel_probe.lifetime_peak_bytes >= high

@@ -199,10 +199,13 @@ class CleanupWorker:
         self._queue: queue.Queue[Optional[str]] = queue.Queue(maxsize)
         self._thread: Optional[threading.Thread] = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()
         self.completed = 0
 
     @property
     def alive(self) -> bool:
+        """Whether the worker's thread is running, stopped or not: a worker asked to stop while
+        inside a slow cleanup is alive until that cleanup returns."""
         return self._thread is not None and self._thread.is_alive()
 
     def pending(self) -> int:
@@ -211,6 +214,8 @@ class CleanupWorker:
     def submit(self, strategy: str) -> bool:
         with self._lock:
             if not self.alive:
+                self._drop_queued()  # what a stopped worker left behind
+                self._stopping.clear()
                 self._thread = threading.Thread(
                     target=self._loop, name="zerorag-guard-cleanup", daemon=True
                 )
@@ -222,9 +227,9 @@ class CleanupWorker:
         return True
 
     def _loop(self) -> None:
-        while True:
+        while not self._stopping.is_set():
             strategy = self._queue.get()
-            if strategy is None:
+            if strategy is None or self._stopping.is_set():
                 return
             try:
                 self._run(strategy)
@@ -242,18 +247,35 @@ class CleanupWorker:
                 return
             time.sleep(0.005)
 
-    def stop(self) -> None:
+    def stop(self, timeout: float = 2.0) -> bool:
+        """Ask the worker to end after the cleanup it is running (queued ones are dropped) and
+        wait up to ``timeout`` seconds. True once its thread has ended; False while it is still
+        inside a cleanup, and then :attr:`alive` stays true until that cleanup returns."""
         thread = self._thread
-        if thread is not None and thread.is_alive():
+        if thread is None or not thread.is_alive():
+            return True
+        self._stopping.set()
+        try:
+            self._queue.put_nowait(None)  # wakes an idle worker; a busy one sees the flag
+        except queue.Full:
+            pass
+        thread.join(timeout)
+        if thread.is_alive():
+            return False
+        self._drop_queued()
+        return True
+
+    def _drop_queued(self) -> None:
+        while True:
             try:
-                self._queue.put(None, timeout=1.0)
-            except queue.Full:
-                pass
-            thread.join(timeout=2.0)
-        self._thread = None
+                self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._queue.task_done()
 
     def after_fork(self) -> None:
         # The worker thread does not exist in a forked child; start over with an empty queue.
         self._queue = queue.Queue(self._queue.maxsize)
         self._thread = None
         self._lock = threading.Lock()
+        self._stopping = threading.Event()

@@ -177,11 +177,26 @@ class ControlServer:
         finally:
             conn.close()
 
+    def _discard_rest(self, conn: socket.socket) -> None:
+        """Read and drop what the client is still sending (the rest of an over-long line), for
+        at most a second and four times the line cap. Closing with unread bytes would reset the
+        connection, and the client would lose the error reply it was sent."""
+        conn.shutdown(socket.SHUT_WR)
+        left = 4 * self.max_line
+        deadline = time.monotonic() + 1.0
+        while left > 0 and (remaining := deadline - time.monotonic()) > 0:
+            conn.settimeout(remaining)
+            chunk = conn.recv(min(left, 1 << 16))
+            if not chunk:
+                return
+            left -= len(chunk)
+
     def _release(self, conn: socket.socket) -> None:
         with self._conns_lock:
             self._conns.discard(conn)
-        conn.close()
+        # The slot first: a client that has seen its connection end can connect again at once.
         self._slots.release()
+        conn.close()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -202,6 +217,8 @@ class ControlServer:
                     self.transport_errors += 1
                     conn.settimeout(1.0)
                     conn.sendall(_encode(error_reply(problem)))
+                    if len(buf) > self.max_line:  # the client may still be sending the line
+                        self._discard_rest(conn)
                     return
                 if line is None:
                     return

@@ -8,8 +8,10 @@ the current RSS, so ``VmHWM`` read later is the true peak since then, allocation
 samples included. That reset is process-wide and also changes what the kernel reports to everyone
 else (``getrusage().ru_maxrss``, ``/usr/bin/time``'s "maximum resident set size"), so the probe
 reads the old mark before every reset and keeps the process's lifetime peak itself
-(:attr:`MemoryProbe.lifetime_peak_bytes`). Where the kernel refuses, peaks fall back to the
-largest RSS reading seen in the window.
+(:attr:`MemoryProbe.lifetime_peak_bytes`). A probe trusts the reset only once it has seen one
+take effect: it raises the mark 8 MB above RSS on purpose, resets it, and checks that it dropped
+(some sandboxes accept the write to ``clear_refs`` and ignore it). Where the kernel refuses or
+ignores it, peaks fall back to the largest RSS reading seen in the window.
 
 The C heap: :func:`mallinfo2` asks glibc (2.33 and later) what ``malloc`` holds. Bytes in use are
 exact whatever the pages do, where RSS can hide growth that lands on pages already resident (free
@@ -19,6 +21,7 @@ heap the allocator could not trim, transparent huge pages).
 from __future__ import annotations
 
 import ctypes
+import mmap
 import os
 import sys
 import threading
@@ -28,6 +31,9 @@ from typing import Callable, Optional
 import psutil
 
 MB = 1024 * 1024
+#: How far above RSS the reset check raises the kernel mark: far above a page's noise, and
+#: touched once per probe (about 2 ms).
+_CHECK_BYTES = 8 * MB
 RssReader = Callable[[], int]
 HeapReader = Callable[[], Optional[int]]
 
@@ -181,13 +187,33 @@ class MemoryProbe:
 
     # -- kernel high-water mark -----------------------------------------------------------------
     def _kernel_peak_works(self) -> bool:
+        """Whether a reset of the kernel mark takes effect here: after a first reset (which
+        keeps the real mark, as every reset does), the mark is raised 8 MB above RSS on
+        purpose, reset again, and must then drop. A mark read but never reset would give every
+        window the peak of the process's whole life."""
         try:
             self._status_fd = os.open(os.path.join(self._proc, "status"), os.O_RDONLY)
             self.lifetime_peak_bytes = max(self.lifetime_peak_bytes, self._read_hwm())
             self._reset_kernel_mark()
-            return self._read_hwm() > 0
+            raised = self._raise_mark()
+            self._write_clear_refs()  # not folded: the raised mark is this check's, not the job's
+            return 0 < self._read_hwm() <= raised - _CHECK_BYTES // 2
         except (OSError, ValueError):
             return False
+
+    def _raise_mark(self) -> int:
+        """The kernel mark after touching, then unmapping, ``_CHECK_BYTES`` of fresh pages."""
+        block = mmap.mmap(-1, _CHECK_BYTES)
+        try:
+            for offset in range(0, _CHECK_BYTES, self._page_size):
+                block[offset] = 1
+            return self._read_hwm()
+        finally:
+            block.close()
+
+    def _write_clear_refs(self) -> None:
+        with open(os.path.join(self._proc, "clear_refs"), "w") as f:
+            f.write("5")
 
     def _read_hwm(self) -> int:
         data = os.pread(self._status_fd, 4096, 0)  # type: ignore[arg-type]
@@ -203,8 +229,7 @@ class MemoryProbe:
         for probe in list(_live_probes):
             if probe.kernel_peak or probe is self:
                 probe._fold_old_mark(old)
-        with open(os.path.join(self._proc, "clear_refs"), "w") as f:
-            f.write("5")
+        self._write_clear_refs()
 
     def _fold_old_mark(self, old: int) -> None:
         self.lifetime_peak_bytes = max(self.lifetime_peak_bytes, old)

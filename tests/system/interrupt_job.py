@@ -4,7 +4,9 @@ Run as ``python interrupt_job.py --trials N``. Each trial arms a timer that send
 SIGINT after a random delay of 0 to 20 ms, then runs nested budgets and guarded calls over
 numbered items; the ``KeyboardInterrupt`` lands wherever the main thread is, in the job's code
 or in the guard's. After each trial: no budget may be left active, the sampler must run and a
-new budget must process every item. Prints one JSON line: trials, interrupted, problems.
+new budget must process every item. Prints one JSON line: trials, interrupted (anywhere),
+interrupted_in_loop (before the guarded loop ended), interrupted_in_guard_code (of those, in a
+frame of zerorag_guard's), problems.
 """
 
 from __future__ import annotations
@@ -30,14 +32,19 @@ def work(batch: list[int]) -> int:
         return sum(len(b) for b in inner.chunks(batch))
 
 
-def trial() -> bool:
-    """One guarded loop until the signal lands; True if it was interrupted."""
+#: Set when a trial's guarded loop has run to its end (the signal then lands in the wait after it).
+FINISHED = threading.Event()
+
+
+def trial() -> None:
+    """One guarded loop until the signal lands (in the loop, or in the wait after it)."""
+    FINISHED.clear()
     done = 0
     with memory_budget(limit_mb=get_monitor().rss_mb() + 500, batch_size=8) as b:
         for batch in b.chunks(range(10_000)):
             done += work(batch)
+    FINISHED.set()
     time.sleep(1.0)  # finished first: wait for the signal here instead
-    return False
 
 
 def where(exc: BaseException) -> str:
@@ -59,7 +66,7 @@ def main() -> None:
     monitor = get_monitor()
     monitor.configure(sample_interval=0.005)
     problems: list[str] = []
-    interrupted = 0
+    interrupted = in_loop = in_guard = 0
     landed = ""
     for n in range(args.trials):
         timer = threading.Timer(rng.uniform(0.0, 0.02), os.kill, (os.getpid(), signal.SIGINT))
@@ -69,6 +76,9 @@ def main() -> None:
         except KeyboardInterrupt as exc:
             interrupted += 1
             landed = where(exc)
+            if not FINISHED.is_set():
+                in_loop += 1
+                in_guard += landed != "the job's own code"
         timer.join()
         if current_budget() is not None:
             problems.append(f"trial {n}: a budget stayed active (interrupted at {landed})")
@@ -83,7 +93,14 @@ def main() -> None:
     time.sleep(0.1)
     if not monitor.history or monitor.history[-1].time <= last:
         problems.append("the sampler takes no new samples")
-    print(json.dumps({"trials": args.trials, "interrupted": interrupted, "problems": problems}))
+    report = {
+        "trials": args.trials,
+        "interrupted": interrupted,
+        "interrupted_in_loop": in_loop,
+        "interrupted_in_guard_code": in_guard,
+        "problems": problems,
+    }
+    print(json.dumps(report))
 
 
 if __name__ == "__main__":

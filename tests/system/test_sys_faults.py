@@ -205,8 +205,9 @@ def test_exception_in_cleanup(
     done, cursor, exc = ingest(ITEMS, lambda n, b: None, limit_mb=rss + 500)
     monitor.configure(threshold_mb=rss * 4, critical_threshold_mb=rss * 8)
     assert armed["n"] == 0
-    # Whether the loop goes on or stops with the error, no item is lost or repeated.
-    assert exc is None or isinstance(exc, Boom)
+    # A cleanup that fails never stops a job: the loop goes on, no item lost or repeated.
+    assert exc is None, exc
+    assert done == ITEMS
     assert cursor == len(done)
     assert resume(ITEMS, done, cursor) == ITEMS
     assert current_budget() is None
@@ -266,10 +267,14 @@ def test_keyboard_interrupt_at_random_points(socket_home: Path, figures: Figures
     figures.record(
         "faults",
         sigint_trials=report["trials"],
-        sigint_interrupted=report["interrupted"],
+        sigint_interrupted=report["interrupted_in_loop"],
         sigint_inconsistent=len(report["problems"]),
     )
-    assert report["interrupted"] >= report["trials"] // 2
+    # Counted only where the signal landed before the guarded loop ended (a trial that finished
+    # first is interrupted in its wait, which tests nothing): measured 150 of 150, and 149-150
+    # of those inside zerorag_guard's own frames.
+    assert report["interrupted_in_loop"] >= report["trials"] // 2, report
+    assert report["interrupted_in_guard_code"] >= report["trials"] // 4, report
     assert report["problems"] == []
 
 
