@@ -347,9 +347,17 @@ def _run_cli(argv: list[str], cwd: Path, env: dict[str, str]) -> dict[str, Any]:
     return {"argv": argv, "code": proc.returncode, "stdout": proc.stdout, "stderr": proc.stderr}
 
 
+#: The fixed run's seed: the same 30 command lines on every run, beside 30 new ones.
+FIXED_SEED = 20261201
+
+
 @pytest.mark.slow
-def test_command_line(socket_home: Path, tmp_path: Path, figures: Figures) -> None:
-    seed = int(os.environ.get("ZERORAG_FUZZ_SEED", random.randrange(2**32)))
+@pytest.mark.parametrize("draw", ["fixed-seed", "new-seed"])
+def test_command_line(socket_home: Path, tmp_path: Path, figures: Figures, draw: str) -> None:
+    if draw == "fixed-seed":
+        seed = FIXED_SEED
+    else:
+        seed = int(os.environ.get("ZERORAG_FUZZ_SEED", random.randrange(2**32)))
     rng = random.Random(seed)
     cases = CLI_FIXED + [_fuzz_argv(rng) for _ in range(30)]
     # The private XDG_RUNTIME_DIR: a --pid names no other process's socket.
