@@ -145,37 +145,8 @@ for _name, (_reason, _raises) in _QDRANT_FAILS_BARE.items():
         setattr(_Qdrant, _variant, _expected_failure(_variant, _reason, _raises))
 
 
-class TestInMemoryBare(_InMemory):
-    pass
-
-
-class TestInMemoryGuardedBy1(_InMemory):
-    batch_size = 1
-
-
-class TestInMemoryGuardedBy2(_InMemory):
-    batch_size = 2
-
-
-class TestChromaBare(_Chroma):
-    pass
-
-
-class TestChromaGuardedBy1(_Chroma):
-    batch_size = 1
-
-
-class TestChromaGuardedBy2(_Chroma):
-    batch_size = 2
-
-
-class TestQdrantBare(_Qdrant):
-    pass
-
-
-class TestQdrantGuardedBy1(_Qdrant):
-    batch_size = 1
-
-
-class TestQdrantGuardedBy2(_Qdrant):
-    batch_size = 2
+# Each store bare and guarded by 1 and by 2: TestInMemoryBare, TestChromaGuardedBy1, ...
+for _store, _suite in (("InMemory", _InMemory), ("Chroma", _Chroma), ("Qdrant", _Qdrant)):
+    for _label, _size in (("Bare", None), ("GuardedBy1", 1), ("GuardedBy2", 2)):
+        _cls = type(f"Test{_store}{_label}", (_suite,), {"batch_size": _size})
+        globals()[_cls.__name__] = _cls

@@ -143,14 +143,14 @@ def _stray(arguments: dict[str, Any], known: Collection[str], count: Optional[in
 
 
 def plan_write(
-    bound: inspect.BoundArguments,
+    arguments: dict[str, Any],
     fields: dict[str, Any],
     known: Collection[str],
     what: str,
     adapt: Adapt = same,
 ) -> Optional[Plan]:
-    """How to cut the call ``bound`` whose per-item ``fields`` were found (the items first);
-    None to send it whole.
+    """How to cut a call, given its :func:`call_arguments` and the per-item ``fields`` found in
+    them (the items first); None to send it whole.
 
     ``known`` are the arguments the guard can place: the per-item ones and those known to be
     whole. Sent whole: a call of no item or one (nothing to cut, so the bare call's own result);
@@ -175,7 +175,7 @@ def plan_write(
             + ", ".join(f"{n}={k}" for n, k in lengths.items())
         )
     count = first if None not in lengths.values() else None
-    stray = _stray(call_arguments(bound), known, count)
+    stray = _stray(arguments, known, count)
     if stray is not None:
         why = (
             f"argument {stray!r} holds {count} values, one per item perhaps, and the guard does "

@@ -121,19 +121,20 @@ class GuardedStore(wrapt.ObjectProxy):
         if signature is None:
             signature = self._self_signatures[name] = inspect.signature(method)
         bound = signature.bind(*args, **kwargs)
-        found = self._fields(name, bound)
+        arguments = call_arguments(bound)
+        found = self._fields(name, arguments)
         if found is None:
             return method, bound, None
         fields, adapt = found
         known = {*self.WRITES[name], *self.WHOLE}
-        return method, bound, plan_write(bound, fields, known, f"{self.kind} {name}", adapt)
+        return method, bound, plan_write(arguments, fields, known, f"{self.kind} {name}", adapt)
 
     def _fields(
-        self, name: str, bound: inspect.BoundArguments
+        self, name: str, arguments: dict[str, Any]
     ) -> Optional[tuple[dict[str, Any], Adapt]]:
-        """The per-item arguments of this call (the items first, wherever each sits) and how a
-        chunk of them becomes the call's arguments; None to pass the call through whole."""
-        arguments = call_arguments(bound)
+        """The per-item arguments of this call (the items first; ``arguments`` has the
+        ``**kwargs`` spread out) and how a chunk of them becomes the call's arguments; None to
+        pass the call through whole."""
         names = self.WRITES[name]
         if arguments.get(names[0]) is None:
             return None
@@ -233,9 +234,9 @@ class QdrantStore(GuardedStore):
         return self._dispatch("upload_collection", args, kwargs)
 
     def _fields(
-        self, name: str, bound: inspect.BoundArguments
+        self, name: str, arguments: dict[str, Any]
     ) -> Optional[tuple[dict[str, Any], Adapt]]:
-        points: Any = call_arguments(bound).get("points")
+        points: Any = arguments.get("points")
         if name == "upsert" and hasattr(points, "model_copy") and hasattr(points, "ids"):
             # models.Batch: ids, vectors (a list, or named vectors: a dict of lists) and
             # payloads side by side, cut into smaller Batches.
@@ -245,7 +246,7 @@ class QdrantStore(GuardedStore):
                 return {"points": points.model_copy(update=part)}
 
             return {k: v for k, v in fields.items() if v is not None}, as_batch
-        return super()._fields(name, bound)
+        return super()._fields(name, arguments)
 
     def store_figures(self) -> dict[str, Any]:
         client = self.__wrapped__
