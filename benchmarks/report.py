@@ -56,6 +56,29 @@ fairest case for memray); `tracemalloc` is started around the whole benchmark;
 """
 
 
+#: What the docs promise of a timed run: (claim, group, variant, extra_info key, bound, at most?).
+#: The report checks each one against the run and marks the ones it did not meet.
+CLAIMS = [
+    (
+        "a guarded 100-item batch costs at most 1.02x the bare one (paired)",
+        "batch",
+        "memory_guarded",
+        "paired_ratio",
+        1.02,
+        True,
+    ),
+    ("the same on the numpy embed", "batch-numpy", "memory_guarded", "paired_ratio", 1.02, True),
+    (
+        "chunks() under a generous budget keeps at least 90% of fixed batches' throughput",
+        "chunks-throughput",
+        "adaptive",
+        "throughput_vs_fixed",
+        0.90,
+        False,
+    ),
+]
+
+
 def _variant(b: Bench) -> str:
     return str(b.get("param") or b["name"])
 
@@ -145,6 +168,30 @@ def guard_overhead(groups: dict[str, list[Bench]]) -> list[str]:
     return lines
 
 
+def claims(groups: dict[str, list[Bench]]) -> tuple[list[str], list[str]]:
+    """The claims table, and the claims this run did not meet (or did not measure)."""
+    lines = [
+        "## Claims checked against this run",
+        "",
+        "| claim | bound | this run | |",
+        "|---|---|---|---|",
+    ]
+    unmet = []
+    for text, group, variant, key, bound, at_most in CLAIMS:
+        value = (_find(groups.get(group, []), variant) or {}).get("extra_info", {}).get(key)
+        sign = "≤" if at_most else "≥"
+        if not isinstance(value, (int, float)):
+            verdict, shown = "**NOT MEASURED**", "-"
+        elif (value <= bound) if at_most else (value >= bound):
+            verdict, shown = "met", f"{value:.3f}"
+        else:
+            verdict, shown = "**NOT MET**", f"{value:.3f}"
+        if verdict != "met":
+            unmet.append(f"{text}: {sign} {bound:g} wanted, got {shown}")
+        lines.append(f"| {text} (`{group}`, `{key}`) | {sign} {bound:g} | {shown} | {verdict} |")
+    return [*lines, ""], unmet
+
+
 def side_by_side(groups: dict[str, list[Bench]]) -> list[str]:
     """Ratios vs bare of every tool, one column per workload."""
     present = [g for g in WORKLOADS if groups.get(g)]
@@ -212,6 +259,7 @@ def render(data: dict[str, Any]) -> str:
     lines.append("")
     groups = _groups(data)
     lines += guard_overhead(groups)
+    lines += claims(groups)[0]
     lines += side_by_side(groups)
     lines += ["## Every group", ""]
     for group, benches in groups.items():
@@ -222,8 +270,11 @@ def render(data: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     source = Path(argv[1] if len(argv) > 1 else ".benchmarks/latest.json")
     target = Path(argv[2] if len(argv) > 2 else "docs/benchmarks.md")
-    target.write_text(render(json.loads(source.read_text())))
+    data = json.loads(source.read_text())
+    target.write_text(render(data))
     print(f"wrote {target}")
+    for line in claims(_groups(data))[1]:
+        print(f"claim not met: {line}")
     return 0
 
 

@@ -205,6 +205,95 @@ def test_a_worker_stuck_in_a_slow_cleanup_is_alive_until_it_returns() -> None:
     assert worker.stop() is True
 
 
+# -- real memory freed, strategy by strategy ------------------------------------------------------
+# Each in a fresh process, so the figures do not depend on what the test process holds. The
+# garbage is 8 blocks of 40 MB: above glibc's largest mmap threshold (32 MB), so a block freed is
+# unmapped at once and RSS shows it. The standard test runs light first, which must free next to
+# nothing: what standard frees is its own work. Aggressive's own case is the fragmented heap below.
+YOUNG_CYCLES = textwrap.dedent("""
+    import gc, json
+    from zerorag_guard.cleanup import Cleaner
+    from zerorag_guard.probes import MemoryProbe
+
+    BLOCKS, SIZE = 8, 40 * 2**20
+    probe = MemoryProbe(use_kernel_peak=False)
+    cleaner = Cleaner(probe.rss_bytes)
+    gc.collect()
+    gc.disable()  # the garbage waits for the cleanup under test
+    baseline = probe.rss_bytes()
+    for i in range(BLOCKS):
+        node = [bytes([i + 1]) * SIZE]
+        node.append(node)  # a cycle: refcounting alone never frees it
+    del node
+    garbage = probe.rss_bytes() - baseline
+    result = cleaner.run("light")
+    print(json.dumps({"garbage": garbage, "freed": result.freed_bytes,
+                      "collected": result.collected}))
+""")
+
+# Old cycles (a full collection's work) and a registered cache (standard clears caches), each
+# half the garbage; a light cleanup first must leave both in RSS.
+OLD_CYCLES_AND_A_CACHE = textwrap.dedent("""
+    import gc, json
+    from zerorag_guard.cleanup import Cleaner
+    from zerorag_guard.probes import MemoryProbe
+
+    BLOCKS, SIZE = 4, 40 * 2**20
+    probe = MemoryProbe(use_kernel_peak=False)
+    cleaner = Cleaner(probe.rss_bytes)
+    gc.collect()
+    gc.disable()
+    baseline = probe.rss_bytes()
+    held = []
+    for i in range(BLOCKS):
+        node = [bytes([i + 1]) * SIZE]
+        node.append(node)
+        held.append(node)
+    del node
+    gc.collect()  # the cycles survive two collections: they are in the oldest generation now
+    gc.collect()
+    del held[:]  # now garbage, but only a full collection finds it
+    cache = {i: bytes([i + 9]) * SIZE for i in range(BLOCKS)}
+    cleaner.register_cache(cache)
+    garbage = probe.rss_bytes() - baseline
+    light = cleaner.run("light")
+    result = cleaner.run("standard")
+    print(json.dumps({"garbage": garbage, "light_freed": light.freed_bytes,
+                      "freed": result.freed_bytes, "caches": result.caches_cleared,
+                      "cache_left": len(cache)}))
+""")
+
+
+def run_script(script: str) -> dict[str, int]:
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=120, check=False
+    )
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)  # type: ignore[no-any-return]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc")
+def test_light_cleanup_frees_real_memory_held_by_young_cycles() -> None:
+    f = run_script(YOUNG_CYCLES)
+    print(f"young cycles: {f['garbage'] / MB:.1f} MB of garbage, light freed {f['freed'] / MB:.1f}")
+    assert f["garbage"] >= 300 * MB  # 320 MB written
+    assert f["collected"] >= 8
+    assert f["freed"] >= 0.9 * f["garbage"]
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads RSS from /proc")
+def test_standard_cleanup_frees_old_cycles_and_cached_memory_light_leaves() -> None:
+    f = run_script(OLD_CYCLES_AND_A_CACHE)
+    print(
+        f"old cycles + cache: {f['garbage'] / MB:.1f} MB, light freed {f['light_freed'] / MB:.1f},"
+        f" standard freed {f['freed'] / MB:.1f}"
+    )
+    assert f["garbage"] >= 300 * MB
+    assert f["light_freed"] <= 0.05 * f["garbage"]  # light neither runs a full pass nor clears
+    assert f["caches"] == 1 and f["cache_left"] == 0
+    assert f["freed"] >= 0.9 * f["garbage"]
+
+
 # -- the fragmented heap ---------------------------------------------------------------------------
 # Live set = RSS before allocating + the bytes of the surviving objects. 150,000 objects of 2 KB
 # (about 300 MB) are allocated, and every 256th survives: 586 objects, 1.2 MB, one every 512 KB

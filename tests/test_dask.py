@@ -85,22 +85,24 @@ def _log_lines(c: Client, pattern: re.Pattern[str], nanny: bool = False) -> list
 
 
 def test_thresholds_sit_below_dask_pause_mark() -> None:
+    # Worked out by hand: Dask pauses at 80% of 400,000,000 bytes = 320,000,000 bytes; critical
+    # is 95% of that, 304,000,000 bytes = 289.917 MiB; main is critical / 1.2 = 241.597 MiB.
     t = guard_thresholds(MEMORY_LIMIT)
-    pause_mb = PAUSE * MEMORY_LIMIT / MB
-    assert t["critical_threshold_mb"] == pytest.approx(0.95 * pause_mb)
-    assert t["threshold_mb"] == pytest.approx(0.95 * pause_mb / 1.2)
+    assert t["critical_threshold_mb"] == pytest.approx(289.9169921875)
+    assert t["threshold_mb"] == pytest.approx(241.5974934895)
+    # Anchored at spill (70%): 90% of 280,000,000 bytes and half of that.
     custom = guard_thresholds(MEMORY_LIMIT, anchor="spill", critical_share=0.9, main_share=0.5)
-    assert custom["critical_threshold_mb"] == pytest.approx(0.9 * 0.7 * MEMORY_LIMIT / MB)
-    assert custom["threshold_mb"] == pytest.approx(0.45 * 0.7 * MEMORY_LIMIT / MB)
+    assert custom["critical_threshold_mb"] == pytest.approx(240.3259277344)
+    assert custom["threshold_mb"] == pytest.approx(120.1629638672)
 
 
 def test_switched_off_pause_falls_back_to_terminate_then_the_limit() -> None:
     marks: dict[str, Any] = {"target": 0.6, "spill": 0.7, "pause": False, "terminate": 0.95}
     t = guard_thresholds(MEMORY_LIMIT, fractions=marks)
-    assert t["critical_threshold_mb"] == pytest.approx(0.95 * 0.95 * MEMORY_LIMIT / MB)
+    assert t["critical_threshold_mb"] == pytest.approx(344.2764282227)  # 95% of 95% of 400 MB
     marks["terminate"] = False
     t = guard_thresholds(MEMORY_LIMIT, fractions=marks)
-    assert t["critical_threshold_mb"] == pytest.approx(0.95 * MEMORY_LIMIT / MB)
+    assert t["critical_threshold_mb"] == pytest.approx(362.3962402344)  # 95% of the limit
 
 
 @pytest.mark.parametrize(
@@ -190,14 +192,12 @@ def test_cluster_health_shows_every_worker_and_a_summary(client: Client) -> None
     health = cluster_health(client)
     workers, summary = health["workers"], health["summary"]
     assert set(workers) == set(client.scheduler_info()["workers"])
-    expected = guard_thresholds(MEMORY_LIMIT)
     for address, h in workers.items():
         assert h["dask"]["address"] == address
         assert h["dask"]["memory_limit_mb"] == pytest.approx(MEMORY_LIMIT / MB, abs=0.1)
-        assert h["memory_usage"]["critical_threshold_mb"] == pytest.approx(
-            expected["critical_threshold_mb"]
-        )
-        assert h["memory_usage"]["threshold_mb"] == pytest.approx(expected["threshold_mb"])
+        # The worker's own thresholds, as worked out by hand in the first test above.
+        assert h["memory_usage"]["critical_threshold_mb"] == pytest.approx(289.9169921875)
+        assert h["memory_usage"]["threshold_mb"] == pytest.approx(241.5974934895)
         assert h["services"]["sampler"]
     assert summary["workers"] == 2
     assert summary["worst_score"] == min(h["health_score"] for h in workers.values())

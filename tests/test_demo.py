@@ -87,8 +87,10 @@ def test_demo_json_figures(store: str, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_compare_fixed_batches_go_over_the_budget_the_guarded_run_keeps(tmp_path: Path) -> None:
-    # The whole stdlib at the default budget (280 MB); measured here: guarded ~240-253 MB,
-    # fixed batches of 5,000 passages 301-313 MB.
+    # The whole stdlib at the default budget (280 MB). Measured here: guarded 240-253 MB; fixed
+    # batches of 5,000 passages 296-314 MB on a quiet machine but 267 MB once under load, so
+    # "fixed goes over" is the workload's, not the guard's, and is not asserted; the guard's
+    # promise is: under its budget, and below the unguarded run.
     done = _demo("--compare", "--out", str(tmp_path), cwd=tmp_path)
     assert done.returncode == 0, done.stderr
     rows = [
@@ -97,4 +99,6 @@ def test_compare_fixed_batches_go_over_the_budget_the_guarded_run_keeps(tmp_path
     guarded = next(r for r in rows if "guarded " in r and ("under" in r or "OVER" in r))
     fixed = next(r for r in rows if "fixed batch 5000" in r)
     assert "under" in guarded and "OVER" not in guarded
-    assert "OVER" in fixed
+    peaks = [float(row.split("│")[3]) for row in (guarded, fixed)]
+    print(f"\npeaks: guarded {peaks[0]:.1f} MB, fixed {peaks[1]:.1f} MB, budget 280 MB")
+    assert peaks[0] < peaks[1]

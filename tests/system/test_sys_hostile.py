@@ -13,6 +13,7 @@ import json
 import math
 import os
 import random
+import re
 import socket
 import subprocess
 import sys
@@ -22,14 +23,38 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from budget_helpers import Steady, monitor_with
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from system_figures import Figures
 
 from zerorag_guard import ConfigError, GuardConfig, MemoryBudget, get_monitor, memory_budget
 from zerorag_guard.cli import COMMANDS
-from zerorag_guard.config import _UNITS_MB, MAX_MB, parse_size_mb
+from zerorag_guard.config import MAX_MB, parse_size_mb
 from zerorag_guard.control import ControlServer, current_server
+from zerorag_guard.limits import EffectiveLimit
+from zerorag_guard.probes import MB
+
+# The units written out here, not imported: MB of each, binary whatever the spelling.
+UNITS_MB = {
+    "": 1.0,
+    "b": 1 / 1048576,
+    **dict.fromkeys(["k", "kb", "kib"], 1 / 1024),
+    **dict.fromkeys(["m", "mb", "mib"], 1.0),
+    **dict.fromkeys(["g", "gb", "gib"], 1024.0),
+    **dict.fromkeys(["t", "tb", "tib"], 1048576.0),
+}
+
+
+def size_mb(text: str) -> float:
+    """What a size string the parser accepted means, worked out with the table above."""
+    match = re.fullmatch(r"\s*([0-9.eE+-]+?)\s*([A-Za-z]*)\s*", text)
+    assert match is not None, f"accepted {text!r}, which is no number and unit"
+    return float(match.group(1)) * UNITS_MB[match.group(2).lower()]
+
+
+# A monitor whose effective limit is set here: memory_budget's cap is 90% of it, 1843.2 MB.
+LIMITED = monitor_with(Steady(100), EffectiveLimit(2048 * MB, "cgroup v1", "test"))
 
 pytestmark = [pytest.mark.system]
 
@@ -80,7 +105,7 @@ SIZE_TEXT = st.builds(
     lambda n, sp, unit: f"{n}{sp}{unit}",
     st.floats(min_value=-1e6, max_value=1e12, allow_nan=False).map(lambda x: f"{x:g}"),
     st.sampled_from(["", " ", "  "]),
-    st.sampled_from([*_UNITS_MB, "MB", "Gb", "GiB", "kB", "x", "pb", "mbs"]),
+    st.sampled_from([*UNITS_MB, "MB", "Gb", "GiB", "kB", "x", "pb", "mbs"]),
 )
 VALUE = st.one_of(st.sampled_from(NASTY), JUNK_TEXT, NUMBER_TEXT, SIZE_TEXT)
 
@@ -140,7 +165,7 @@ def test_settings_from_environment(
         check_config(cfg)
         for name, var in zip(FIELDS, ENV_NAMES):
             if var in env and name.endswith("_mb"):
-                assert getattr(cfg, name) == pytest.approx(parse_size_mb(env[var]))
+                assert getattr(cfg, name) == pytest.approx(size_mb(env[var]))
 
     check()
     figures.record("hostile", environment_dicts=tried["n"], environment_refused=tried["refused"])
@@ -197,30 +222,31 @@ def test_size_strings(socket_home: Path, figures: Figures) -> None:
             check_error(exc, ["limit_mb"])
         else:
             assert isinstance(mb, float) and 0 < mb <= MAX_MB
+            want = size_mb(value) if isinstance(value, str) else float(value)
+            assert mb == pytest.approx(want, rel=1e-12)
         if value is None:
             return  # memory_budget(None) means "no limit of its own"
         try:
-            budget = memory_budget(limit_mb=value)
+            budget = memory_budget(limit_mb=value, monitor=LIMITED)
         except ConfigError as exc:
             check_error(exc, ["limit_mb"])
         else:
             # The ceiling is the size given, never above 90% of the effective limit (in whole
             # bytes: a sub-byte size such as "0.0000001 KB" is a ceiling of 0).
             assert isinstance(budget, MemoryBudget)
-            cap = 0.9 * get_monitor().effective_limit().mb
-            assert budget.limit_mb == pytest.approx(min(mb, cap), abs=1e-6)
+            assert budget.limit_mb == pytest.approx(min(mb, 1843.2), abs=1e-6)
 
     @hyp(300)
     @given(
         number=st.floats(min_value=1e-3, max_value=1e6),
-        unit=st.sampled_from(sorted(_UNITS_MB)),
+        unit=st.sampled_from(sorted(UNITS_MB)),
         upper=st.booleans(),
         space=st.sampled_from(["", " ", "\t"]),
     )
     def exact(number: float, unit: str, upper: bool, space: str) -> None:
         tried["n"] += 1
         text = f" {number!r}{space}{unit.upper() if upper else unit} "
-        expected = number * _UNITS_MB[unit]
+        expected = number * UNITS_MB[unit]
         if 0 < expected <= MAX_MB:
             assert parse_size_mb(text) == pytest.approx(expected, rel=1e-12)
         else:

@@ -1,0 +1,65 @@
+"""The benchmarks page's claims table: each claim the docs make is checked against the run, and
+one the run did not meet (or did not measure) is marked, on the page and on stdout."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import report
+
+
+def bench(group: str, name: str, median: float, **extra: Any) -> dict[str, Any]:
+    return {"group": group, "name": name, "stats": {"median": median}, "extra_info": extra}
+
+
+def run_with(paired: float, numpy_paired: float, throughput: float) -> dict[str, Any]:
+    return {
+        "benchmarks": [
+            bench("batch", "bare", 1e-3, baseline=True),
+            bench("batch", "memory_guarded", 1e-3, paired_ratio=paired),
+            bench("batch-numpy", "bare", 1e-3, baseline=True),
+            bench("batch-numpy", "memory_guarded", 1e-3, paired_ratio=numpy_paired),
+            bench("chunks-throughput", "fixed", 1.0, baseline=True),
+            bench("chunks-throughput", "adaptive", 1.0, throughput_vs_fixed=throughput),
+        ]
+    }
+
+
+def test_claims_a_run_meets_are_marked_met() -> None:
+    page = report.render(run_with(1.008, 1.020, 0.95))
+    assert page.count("| met |") == 3
+    assert "NOT MET" not in page and "NOT MEASURED" not in page
+
+
+@pytest.mark.parametrize(
+    ("values", "unmet"),
+    [
+        ((1.021, 1.0, 0.95), "a guarded 100-item batch costs at most 1.02x"),
+        ((1.0, 1.03, 0.95), "the same on the numpy embed"),
+        ((1.0, 1.0, 0.899), "at least 90% of fixed batches' throughput"),
+    ],
+)
+def test_a_claim_the_run_did_not_meet_is_marked(
+    values: tuple[float, float, float], unmet: str, tmp_path: Path, capsys: Any
+) -> None:
+    source, target = tmp_path / "run.json", tmp_path / "page.md"
+    source.write_text(json.dumps(run_with(*values)))
+    assert report.main(["report.py", str(source), str(target)]) == 0
+    page = target.read_text()
+    assert page.count("**NOT MET**") == 1 and page.count("| met |") == 2
+    (line,) = [ln for ln in page.splitlines() if "NOT MET" in ln]
+    assert unmet in line
+    out = capsys.readouterr().out
+    (printed,) = [ln for ln in out.splitlines() if ln.startswith("claim not met: ")]
+    assert unmet in printed
+
+
+def test_a_claim_the_run_did_not_measure_is_marked() -> None:
+    data = run_with(1.0, 1.0, 0.95)
+    data["benchmarks"] = [b for b in data["benchmarks"] if b["group"] != "chunks-throughput"]
+    _, unmet = report.claims(report._groups(data))
+    assert len(unmet) == 1 and "got -" in unmet[0]
+    assert "**NOT MEASURED**" in report.render(data)
