@@ -376,6 +376,7 @@ def test_reaching_a_running_guarded_job(runtime_dir: Path, worker: int) -> None:
     analysis = remote(runtime_dir, worker, "analyze")
     assert analysis["thresholds"]["main_mb"] == low and analysis["effective_limit"]["candidates"]
     watched = remote(runtime_dir, worker, "monitor", "2", "--interval", "0.1")  # up to 20
+    print(f"\nmonitor 2 s at 0.1 s: {watched['summary']['samples']} samples")
     assert watched["summary"]["samples"] >= 3
     assert {s["level"] for s in watched["samples"]} == {"CRITICAL"}
     debug = remote(runtime_dir, worker, "debug", "--trace-seconds", "0.2", "--top", "5")

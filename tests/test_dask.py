@@ -260,11 +260,16 @@ def hold_until_paused(n: int) -> str:
 
 def test_unguarded_the_same_work_pauses_a_worker(client: Client) -> None:
     # Proves the log and status checks above can fail: one unguarded chunk of items, sized to
-    # land between Dask's pause (80%) and terminate (95%) marks, pauses its worker.
+    # land in the middle of Dask's pause (80%) and terminate (95%) marks, pauses its worker:
+    # 7.5% of the limit (30 MB) of slack each side. Sized from, and sent to, one worker, so
+    # another worker's memory never enters the sum.
     paused_before = len(_log_lines(client, PAUSED))
-    baseline_mb = max(client.run(lambda: get_monitor().rss_mb()).values())
-    n = int((0.88 * MEMORY_LIMIT / MB - baseline_mb) * MB / ITEM_BYTES)
-    status = client.submit(hold_until_paused, n, pure=False).result(timeout=30)
+    address, baseline_mb = min(client.run(lambda: get_monitor().rss_mb()).items())
+    n = int((0.875 * MEMORY_LIMIT / MB - baseline_mb) * MB / ITEM_BYTES)
+    future = client.submit(hold_until_paused, n, pure=False, workers=[address])
+    status = future.result(timeout=30)
+    held_mb = baseline_mb + n * ITEM_BYTES / MB
+    print(f"\nworker at {baseline_mb:.1f} MB holds {held_mb:.1f} MB (pause 305.2, terminate 362.4)")
     assert status == "paused"
     assert len(_log_lines(client, PAUSED)) > paused_before
     deadline = time.monotonic() + 10
