@@ -210,17 +210,22 @@ def test_a_worker_stuck_in_a_slow_cleanup_is_alive_until_it_returns() -> None:
 # garbage is 8 blocks of 40 MB: above glibc's largest mmap threshold (32 MB), so a block freed is
 # unmapped at once and RSS shows it. The standard test runs light first, which must free next to
 # nothing: what standard frees is its own work. Aggressive's own case is the fragmented heap below.
-YOUNG_CYCLES = textwrap.dedent("""
+# Both scripts start from PREAMBLE: a cleaner on a fresh probe, the collector off (the garbage
+# waits for the cleanup under test) and the RSS before any garbage.
+PREAMBLE = textwrap.dedent("""
     import gc, json
     from zerorag_guard.cleanup import Cleaner
     from zerorag_guard.probes import MemoryProbe
 
-    BLOCKS, SIZE = 8, 40 * 2**20
+    SIZE = 40 * 2**20
     probe = MemoryProbe(use_kernel_peak=False)
     cleaner = Cleaner(probe.rss_bytes)
     gc.collect()
-    gc.disable()  # the garbage waits for the cleanup under test
+    gc.disable()
     baseline = probe.rss_bytes()
+""")
+YOUNG_CYCLES = PREAMBLE + textwrap.dedent("""
+    BLOCKS = 8
     for i in range(BLOCKS):
         node = [bytes([i + 1]) * SIZE]
         node.append(node)  # a cycle: refcounting alone never frees it
@@ -233,17 +238,8 @@ YOUNG_CYCLES = textwrap.dedent("""
 
 # Old cycles (a full collection's work) and a registered cache (standard clears caches), each
 # half the garbage; a light cleanup first must leave both in RSS.
-OLD_CYCLES_AND_A_CACHE = textwrap.dedent("""
-    import gc, json
-    from zerorag_guard.cleanup import Cleaner
-    from zerorag_guard.probes import MemoryProbe
-
-    BLOCKS, SIZE = 4, 40 * 2**20
-    probe = MemoryProbe(use_kernel_peak=False)
-    cleaner = Cleaner(probe.rss_bytes)
-    gc.collect()
-    gc.disable()
-    baseline = probe.rss_bytes()
+OLD_CYCLES_AND_A_CACHE = PREAMBLE + textwrap.dedent("""
+    BLOCKS = 4
     held = []
     for i in range(BLOCKS):
         node = [bytes([i + 1]) * SIZE]
