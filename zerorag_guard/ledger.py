@@ -1,0 +1,201 @@
+"""The ledger of reservations: concurrent loops that share one headroom do not each plan on it.
+
+Before a batch is handed out its loop reserves what the batch plans to use (its size times the
+learned cost per item); the reservation ends when the next batch is planned or the loop ends.
+A loop plans on the headroom less the *others'* live reservations.
+
+Loops of one process (threads, asyncio tasks) share an in-process table. Processes that share a
+group (one memory cgroup, one process tree) share a file of fixed 32-byte records (pid, its start
+time, loop, bytes) in the per-user directory of the control sockets, named after the group's key,
+locked with ``fcntl.lockf`` (plus a thread lock: POSIX locks are per process). There is no server:
+each process reads and rewrites the file under the lock, once a batch. A record whose process is
+gone (no ``/proc/PID``, a zombie, or a pid reused by a process started later) is dropped at the
+next reading, so a killed process never holds headroom.
+
+A file that is corrupt (a length not a multiple of the record, a pid or size out of range) is
+rebuilt empty; one that is a symlink or belongs to another user is refused, and the ledger keeps
+to this process. Nothing here ever stops a job: any error falls back to the in-process table and
+is logged once.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import stat
+import struct
+import threading
+from pathlib import Path
+from typing import Callable, Optional
+
+logger = logging.getLogger("zerorag_guard")
+RECORD = struct.Struct("<qqqq")  # pid, start time (clock ticks since boot), loop id, bytes
+#: A reservation above this is no reservation but a corrupt record.
+MAX_BYTES = 1 << 50
+
+
+def _start_time(pid: int, proc_root: str = "/proc") -> Optional[int]:
+    """The start time of a live process (field 22 of ``/proc/PID/stat``); None when it is gone
+    or a zombie. Where there is no ``/proc``, 0 for a pid ``kill(pid, 0)`` finds."""
+    try:
+        with open(f"{proc_root}/{pid}/stat", "rb") as f:
+            fields = f.read().rpartition(b")")[2].split()
+    except FileNotFoundError:
+        return None
+    except OSError:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return None
+        except OSError:
+            pass
+        return 0
+    if len(fields) < 20 or fields[0] in (b"Z", b"X"):
+        return None
+    return int(fields[19])
+
+
+class Turn:
+    """One planning step under the ledger's lock: read ``others``, then :meth:`reserve`."""
+
+    __slots__ = ("_records", "others_all", "others_here")
+
+    def __init__(self, records: dict[tuple[int, int], tuple[int, int]], loop: int) -> None:
+        me = os.getpid()
+        self._records = records
+        self.others_here = sum(b for (p, lp), (_, b) in records.items() if p == me and lp != loop)
+        self.others_all = sum(b for (p, lp), (_, b) in records.items() if (p, lp) != (me, loop))
+
+
+class Ledger:
+    """Reservations of the loops sharing one group; ``path=None`` keeps to this process."""
+
+    def __init__(self, path: Optional[Path] = None, proc_root: str = "/proc") -> None:
+        self._lock = threading.Lock()
+        self._table: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, loop) -> (start, bytes)
+        self._proc_root = proc_root
+        self._path = path
+        self._fd: Optional[int] = None
+        self._fd_pid = 0
+        self._start = _start_time(os.getpid(), proc_root) or 0
+        self.refused: Optional[str] = None
+
+    # -- the file
+    def _open(self) -> Optional[int]:
+        if self._path is None or self.refused is not None:
+            return None
+        if self._fd is not None and self._fd_pid == os.getpid():
+            return self._fd
+        try:
+            fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
+        except OSError as err:
+            self._refuse(f"cannot open {self._path}: {err}")
+            return None
+        st = os.fstat(fd)
+        if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
+            os.close(fd)
+            self._refuse(f"{self._path} belongs to uid {st.st_uid} or is no regular file")
+            return None
+        self._fd, self._fd_pid, self._start = fd, os.getpid(), _start_time(os.getpid()) or 0
+        return fd
+
+    def _refuse(self, why: str) -> None:
+        self.refused = why
+        logger.warning("memory ledger: %s; reservations kept to this process", why)
+
+    def _load(self, fd: int) -> dict[tuple[int, int], tuple[int, int]]:
+        data = os.pread(fd, 1 << 20, 0)
+        if len(data) % RECORD.size:
+            logger.warning(
+                "memory ledger %s: %d bytes, no whole record; rebuilt", self._path, len(data)
+            )
+            return {}
+        records, alive = {}, {os.getpid(): self._start}
+        for pid, start, loop, nbytes in RECORD.iter_unpack(data):
+            if pid <= 0 or not 0 <= nbytes <= MAX_BYTES:
+                logger.warning("memory ledger %s: corrupt record; rebuilt", self._path)
+                return {}
+            if pid not in alive:
+                alive[pid] = _start_time(pid, self._proc_root)  # type: ignore[assignment]
+            if alive[pid] is not None and alive[pid] == start:
+                records[(pid, loop)] = (start, nbytes)
+        return records
+
+    def _store(self, fd: int, records: dict[tuple[int, int], tuple[int, int]]) -> None:
+        data = b"".join(RECORD.pack(p, s, lp, b) for (p, lp), (s, b) in records.items() if b)
+        os.pwrite(fd, data, 0)
+        os.ftruncate(fd, len(data))
+
+    # -- reservations
+    def plan(self, loop: int, size_for: Callable[[Turn], int]) -> int:
+        """Under the lock: ``size_for(turn)`` chooses the batch and returns the bytes it reserves,
+        which replace this loop's reservation. Returns those bytes."""
+        with self._lock:
+            fd = self._open()
+            if fd is not None:
+                try:
+                    import fcntl
+
+                    fcntl.lockf(fd, fcntl.LOCK_EX)
+                    try:
+                        records = self._load(fd)
+                        turn = Turn(records, loop)
+                        nbytes = max(0, int(size_for(turn)))
+                        records[(os.getpid(), loop)] = (self._start, nbytes)
+                        self._store(fd, records)
+                        return nbytes
+                    finally:
+                        fcntl.lockf(fd, fcntl.LOCK_UN)
+                except OSError as err:
+                    self._refuse(f"cannot use {self._path}: {err}")
+            me = os.getpid()
+            if any(p != me for p, _ in self._table):  # a forked child: the parent's are not ours
+                self._table = {k: v for k, v in self._table.items() if k[0] == me}
+            turn = Turn(self._table, loop)
+            nbytes = max(0, int(size_for(turn)))
+            if nbytes:
+                self._table[(me, loop)] = (self._start, nbytes)
+            else:
+                self._table.pop((me, loop), None)
+            return nbytes
+
+    def release(self, loop: int) -> None:
+        """End this loop's reservation (the loop ended)."""
+        self.plan(loop, lambda turn: 0)
+
+    def reservations(self) -> list[dict[str, int]]:
+        """Every live reservation: pid, loop and bytes (for the health report)."""
+
+        def read(turn: Turn) -> int:
+            found.extend(turn._records.items())
+            return 0
+
+        found: list[tuple[tuple[int, int], tuple[int, int]]] = []
+        self.plan(-1, read)
+        return [{"pid": p, "loop": lp, "bytes": b} for (p, lp), (_, b) in found if b and lp != -1]
+
+
+_ledgers: dict[str, Ledger] = {}
+_ledgers_lock = threading.Lock()
+
+
+def ledger_for(key: Optional[str]) -> Ledger:
+    """The ledger of a group (``key`` names it: a cgroup's path, a tree's root), shared by every
+    budget of this process in that group; ``None``: this process's own."""
+    with _ledgers_lock:
+        ledger = _ledgers.get(key or "")
+        if ledger is None:
+            ledger = _ledgers[key or ""] = Ledger(_ledger_path(key) if key else None)
+        return ledger
+
+
+def _ledger_path(key: str) -> Optional[Path]:
+    from .control_client import ControlError, check_private_dir, socket_dir
+
+    try:
+        directory = check_private_dir(socket_dir(), create=True)
+    except (ControlError, OSError) as err:
+        logger.warning("memory ledger: %s; reservations kept to this process", err)
+        return None
+    return directory / f"ledger-{hashlib.sha1(key.encode()).hexdigest()[:16]}.bin"
