@@ -126,7 +126,7 @@ def test_a_corrupt_ledger_is_rebuilt(tmp_path: Path, content: bytes) -> None:
     ledger = Ledger(path)
     assert reserve(ledger, 1, 64).others_all == 0
     assert ledger.refused is None
-    assert path.read_bytes() == RECORD.pack(os.getpid(), ledger._start, 1, 64)
+    assert path.read_bytes() == RECORD.pack(os.getpid(), ledger._me[1], 1, 64)
 
 
 def test_a_symlinked_ledger_is_refused_and_the_job_goes_on(tmp_path: Path) -> None:

@@ -24,7 +24,7 @@ import threading
 from dataclasses import dataclass
 from typing import Callable, Optional
 
-from .limits import _cgroup_dirs, _read, cgroup_limits
+from .limits import _cgroup_dirs, _read, cgroup_limits, cgroup_usage
 
 KB = 1024
 
@@ -59,14 +59,10 @@ def _stat_field(text: Optional[str], name: str) -> Optional[int]:
 def cgroup_working_set(cgroup: Cgroup) -> Optional[int]:
     """Usage less inactive file cache, in bytes (never below 0); None where usage is unreadable.
     Without a readable ``memory.stat`` the whole usage counts: too much, never too little."""
-    if cgroup.version == "v1":
-        usage_name, inactive = "memory.usage_in_bytes", "total_inactive_file"
-    else:
-        usage_name, inactive = "memory.current", "inactive_file"
-    try:
-        usage = int((_read(os.path.join(cgroup.path, usage_name)) or "").split()[0])
-    except (ValueError, IndexError):
+    usage = cgroup_usage(cgroup.version, cgroup.path)
+    if usage is None:
         return None
+    inactive = "total_inactive_file" if cgroup.version == "v1" else "inactive_file"
     cache = _stat_field(_read(os.path.join(cgroup.path, "memory.stat")), inactive) or 0
     return max(0, usage - max(0, cache))
 
@@ -114,16 +110,13 @@ def _children_by_scan(proc_root: str) -> dict[int, list[int]]:
 
 def tree_pids(root: int, proc_root: str = "/proc") -> list[int]:
     """``root`` and every live descendant, parents before children."""
-    pids, queue, table = [root], [root], None
-    while queue:
-        pid = queue.pop(0)
+    pids, table = [root], None
+    for pid in pids:  # grows as it goes: breadth first
         kids = _children(pid, proc_root) if table is None else table.get(pid, [])
         if kids is None:
             table = _children_by_scan(proc_root)
             kids = table.get(pid, [])
-        fresh = [k for k in kids if k not in pids]
-        pids += fresh
-        queue += fresh
+        pids += [k for k in kids if k not in pids]
     return pids
 
 

@@ -20,12 +20,15 @@ is logged once.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import logging
 import os
 import stat
 import struct
 import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -56,16 +59,22 @@ def _start_time(pid: int, proc_root: str = "/proc") -> Optional[int]:
     return int(fields[19])
 
 
+Records = dict[tuple[int, int], tuple[int, int]]  # (pid, loop) -> (start time, bytes)
+
+
 class Turn:
-    """One planning step under the ledger's lock: read ``others``, then :meth:`reserve`."""
+    """One planning step under the ledger's lock: what the *other* loops hold reserved, in this
+    process (``others_here``) and in the whole group (``others_all``)."""
 
-    __slots__ = ("_records", "others_all", "others_here")
+    __slots__ = ("others_all", "others_here")
 
-    def __init__(self, records: dict[tuple[int, int], tuple[int, int]], loop: int) -> None:
-        me = os.getpid()
-        self._records = records
-        self.others_here = sum(b for (p, lp), (_, b) in records.items() if p == me and lp != loop)
-        self.others_all = sum(b for (p, lp), (_, b) in records.items() if (p, lp) != (me, loop))
+    def __init__(self, records: Records, me: tuple[int, int]) -> None:
+        self.others_here = self.others_all = 0
+        for key, (_, nbytes) in records.items():
+            if key != me:
+                self.others_all += nbytes
+                if key[0] == me[0]:
+                    self.others_here += nbytes
 
 
 class Ledger:
@@ -73,91 +82,107 @@ class Ledger:
 
     def __init__(self, path: Optional[Path] = None, proc_root: str = "/proc") -> None:
         self._lock = threading.Lock()
-        self._table: dict[tuple[int, int], tuple[int, int]] = {}  # (pid, loop) -> (start, bytes)
+        self._table: Records = {}
         self._proc_root = proc_root
         self._path = path
         self._fd: Optional[int] = None
-        self._fd_pid = 0
-        self._start = _start_time(os.getpid(), proc_root) or 0
+        self._me = (0, 0)  # (pid, start time) of this process, read again after a fork
         self.refused: Optional[str] = None
+
+    def _identity(self) -> tuple[int, int]:
+        pid = os.getpid()
+        if self._me[0] != pid:
+            self._me = (pid, _start_time(pid, self._proc_root) or 0)
+            self._table = {k: v for k, v in self._table.items() if k[0] == pid}
+            if self._fd is not None:  # the parent's descriptor: its locks are not ours
+                os.close(self._fd)
+                self._fd = None
+        return self._me
 
     # -- the file
     def _open(self) -> Optional[int]:
-        if self._path is None or self.refused is not None:
-            return None
-        if self._fd is not None and self._fd_pid == os.getpid():
+        if self._path is None or self.refused is not None or self._fd is not None:
             return self._fd
         try:
             fd = os.open(self._path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as err:
-            self._refuse(f"cannot open {self._path}: {err}")
-            return None
+            return self._refuse(f"cannot open {self._path}: {err}")
         st = os.fstat(fd)
         if st.st_uid != os.geteuid() or not stat.S_ISREG(st.st_mode):
             os.close(fd)
-            self._refuse(f"{self._path} belongs to uid {st.st_uid} or is no regular file")
-            return None
-        self._fd, self._fd_pid, self._start = fd, os.getpid(), _start_time(os.getpid()) or 0
+            return self._refuse(f"{self._path} belongs to uid {st.st_uid} or is no regular file")
+        self._fd = fd
         return fd
 
-    def _refuse(self, why: str) -> None:
+    def _refuse(self, why: str) -> Optional[int]:
+        """Keep to this process from now on; returns no descriptor."""
         self.refused = why
         logger.warning("memory ledger: %s; reservations kept to this process", why)
+        return None
 
-    def _load(self, fd: int) -> dict[tuple[int, int], tuple[int, int]]:
+    def _load(self, fd: int) -> Records:
         data = os.pread(fd, 1 << 20, 0)
         if len(data) % RECORD.size:
-            logger.warning(
-                "memory ledger %s: %d bytes, no whole record; rebuilt", self._path, len(data)
-            )
+            logger.warning("memory ledger %s: no whole record; rebuilt", self._path)
             return {}
-        records, alive = {}, {os.getpid(): self._start}
+        records: Records = {}
+        alive: dict[int, Optional[int]] = {self._me[0]: self._me[1]}
         for pid, start, loop, nbytes in RECORD.iter_unpack(data):
             if pid <= 0 or not 0 <= nbytes <= MAX_BYTES:
                 logger.warning("memory ledger %s: corrupt record; rebuilt", self._path)
                 return {}
             if pid not in alive:
-                alive[pid] = _start_time(pid, self._proc_root)  # type: ignore[assignment]
-            if alive[pid] is not None and alive[pid] == start:
+                alive[pid] = _start_time(pid, self._proc_root)
+            if alive[pid] == start:
                 records[(pid, loop)] = (start, nbytes)
         return records
 
-    def _store(self, fd: int, records: dict[tuple[int, int], tuple[int, int]]) -> None:
-        data = b"".join(RECORD.pack(p, s, lp, b) for (p, lp), (s, b) in records.items() if b)
+    def _store(self, fd: int, records: Records) -> None:
+        data = b"".join(RECORD.pack(p, s, lp, b) for (p, lp), (s, b) in records.items())
         os.pwrite(fd, data, 0)
         os.ftruncate(fd, len(data))
+
+    @contextlib.contextmanager
+    def _records(self) -> Iterator[Records]:
+        """The live records, under the lock; changes to them are kept (in the file if shared)."""
+        with self._lock:
+            self._identity()
+            fd = self._open()
+            if fd is not None:
+                try:
+                    fcntl.lockf(fd, fcntl.LOCK_EX)
+                except OSError as err:
+                    fd = self._refuse(f"cannot lock {self._path}: {err}")
+            if fd is None:
+                yield self._table
+                return
+            try:
+                try:
+                    records, shared = self._load(fd), True
+                except OSError as err:
+                    self._refuse(f"cannot read {self._path}: {err}")
+                    records, shared = self._table, False
+                yield records
+                if shared:
+                    try:
+                        self._store(fd, records)
+                    except OSError as err:
+                        self._refuse(f"cannot write {self._path}: {err}")
+            finally:
+                with contextlib.suppress(OSError):
+                    fcntl.lockf(fd, fcntl.LOCK_UN)
 
     # -- reservations
     def plan(self, loop: int, size_for: Callable[[Turn], int]) -> int:
         """Under the lock: ``size_for(turn)`` chooses the batch and returns the bytes it reserves,
         which replace this loop's reservation. Returns those bytes."""
-        with self._lock:
-            fd = self._open()
-            if fd is not None:
-                try:
-                    import fcntl
-
-                    fcntl.lockf(fd, fcntl.LOCK_EX)
-                    try:
-                        records = self._load(fd)
-                        turn = Turn(records, loop)
-                        nbytes = max(0, int(size_for(turn)))
-                        records[(os.getpid(), loop)] = (self._start, nbytes)
-                        self._store(fd, records)
-                        return nbytes
-                    finally:
-                        fcntl.lockf(fd, fcntl.LOCK_UN)
-                except OSError as err:
-                    self._refuse(f"cannot use {self._path}: {err}")
-            me = os.getpid()
-            if any(p != me for p, _ in self._table):  # a forked child: the parent's are not ours
-                self._table = {k: v for k, v in self._table.items() if k[0] == me}
-            turn = Turn(self._table, loop)
-            nbytes = max(0, int(size_for(turn)))
+        with self._records() as records:
+            pid, start = self._me
+            nbytes = max(0, int(size_for(Turn(records, (pid, loop)))))
             if nbytes:
-                self._table[(me, loop)] = (self._start, nbytes)
+                records[(pid, loop)] = (start, nbytes)
             else:
-                self._table.pop((me, loop), None)
+                records.pop((pid, loop), None)
             return nbytes
 
     def release(self, loop: int) -> None:
@@ -166,14 +191,8 @@ class Ledger:
 
     def reservations(self) -> list[dict[str, int]]:
         """Every live reservation: pid, loop and bytes (for the health report)."""
-
-        def read(turn: Turn) -> int:
-            found.extend(turn._records.items())
-            return 0
-
-        found: list[tuple[tuple[int, int], tuple[int, int]]] = []
-        self.plan(-1, read)
-        return [{"pid": p, "loop": lp, "bytes": b} for (p, lp), (_, b) in found if b and lp != -1]
+        with self._records() as records:
+            return [{"pid": p, "loop": lp, "bytes": b} for (p, lp), (_, b) in records.items() if b]
 
 
 _ledgers: dict[str, Ledger] = {}

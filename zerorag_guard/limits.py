@@ -129,11 +129,17 @@ def cgroup_limits(proc_root: str = "/proc", sys_root: str = "/") -> list[Limit]:
     return limits
 
 
+def cgroup_usage(version: str, directory: str) -> Optional[int]:
+    """Memory charged to one cgroup (page cache included): v1 ``memory.usage_in_bytes``, v2
+    ``memory.current``; None where unreadable."""
+    name = "memory.usage_in_bytes" if version == "v1" else "memory.current"
+    return _parse_limit(_read(os.path.join(directory, name)))
+
+
 def cgroup_usage_bytes(proc_root: str = "/proc", sys_root: str = "/") -> Optional[int]:
     """Memory charged to the process's own cgroup (page cache included), where readable."""
     for version, directory, _ in _cgroup_dirs(proc_root, sys_root):
-        name = "memory.usage_in_bytes" if version == "v1" else "memory.current"
-        value = _parse_limit(_read(os.path.join(directory, name)))
+        value = cgroup_usage(version, directory)
         if value is not None:
             return value
     return None
