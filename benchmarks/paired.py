@@ -16,7 +16,14 @@ def paired_ratio(
 ) -> float:
     """Median time of ``other`` over median time of ``bare``, one call of each back to back (in
     alternating order) per pair, so both of a pair see the same load on the machine."""
-    pairs = 4 if quick else pairs
+    t_bare, t_other = paired_medians(bare, other, 4 if quick else pairs)
+    return t_other / t_bare
+
+
+def paired_medians(
+    bare: Callable[[], Any], other: Callable[[], Any], pairs: int
+) -> tuple[float, float]:
+    """The median times (seconds) of ``bare`` and ``other`` over ``pairs`` pairs of calls."""
     clock = time.perf_counter
     t_bare: list[float] = []
     t_other: list[float] = []
@@ -30,4 +37,4 @@ def paired_ratio(
         a, b = (t_bare, t_other) if i % 2 == 0 else (t_other, t_bare)
         a.append(t1 - t0)
         b.append(t2 - t1)
-    return statistics.median(t_other) / statistics.median(t_bare)
+    return statistics.median(t_bare), statistics.median(t_other)

@@ -76,6 +76,39 @@ CLAIMS = [
         0.90,
         False,
     ),
+    (
+        "a batch under scope='cgroup' (working set and file ledger) costs at most 30 µs more",
+        "group-batch",
+        "cgroup",
+        "extra_us_per_batch",
+        30,
+        True,
+    ),
+    (
+        "the same under scope='auto' on a host",
+        "group-batch",
+        "auto",
+        "extra_us_per_batch",
+        30,
+        True,
+    ),
+    (
+        "16 threads under one 300 MB ceiling keep 90% of one loop's throughput",
+        "group-loops",
+        "threads-16",
+        "throughput_vs_one",
+        0.90,
+        False,
+    ),
+    ("the same for 64 asyncio tasks", "group-loops", "tasks-64", "throughput_vs_one", 0.90, False),
+    (
+        "3 guarded processes sharing a cgroup take no longer than 1 doing all the work",
+        "group-processes",
+        "3",
+        "time_vs_one",
+        1.0,
+        True,
+    ),
 ]
 
 

@@ -3,6 +3,7 @@ one the run did not meet (or did not measure) is marked, on the page and on stdo
 
 from __future__ import annotations
 
+import copy
 import json
 from pathlib import Path
 from typing import Any
@@ -24,13 +25,25 @@ def run_with(paired: float, numpy_paired: float, throughput: float) -> dict[str,
             bench("batch-numpy", "memory_guarded", 1e-3, paired_ratio=numpy_paired),
             bench("chunks-throughput", "fixed", 1.0, baseline=True),
             bench("chunks-throughput", "adaptive", 1.0, throughput_vs_fixed=throughput),
+            *copy.deepcopy(GROUP_MET),
         ]
     }
 
 
+#: The group claims, each met (written out by hand: bounds 30 µs, 0.9, 0.9 and 1.0).
+GROUP_MET = [
+    bench("group-batch", "cgroup", 1e-3, extra_us_per_batch=29.9),
+    bench("group-batch", "auto", 1e-3, extra_us_per_batch=12.0),
+    bench("group-loops", "threads-16", 1.0, throughput_vs_one=0.95),
+    bench("group-loops", "tasks-64", 1.0, throughput_vs_one=0.9),
+    bench("group-processes", "3", 1.0, time_vs_one=1.0),
+]
+MET = 3 + len(GROUP_MET)
+
+
 def test_claims_a_run_meets_are_marked_met() -> None:
     page = report.render(run_with(1.008, 1.020, 0.95))
-    assert page.count("| met |") == 3
+    assert page.count("| met |") == MET
     assert "NOT MET" not in page and "NOT MEASURED" not in page
 
 
@@ -49,7 +62,7 @@ def test_a_claim_the_run_did_not_meet_is_marked(
     source.write_text(json.dumps(run_with(*values)))
     assert report.main(["report.py", str(source), str(target)]) == 0
     page = target.read_text()
-    assert page.count("**NOT MET**") == 1 and page.count("| met |") == 2
+    assert page.count("**NOT MET**") == 1 and page.count("| met |") == MET - 1
     (line,) = [ln for ln in page.splitlines() if "NOT MET" in ln]
     assert unmet in line
     out = capsys.readouterr().out
@@ -63,3 +76,20 @@ def test_a_claim_the_run_did_not_measure_is_marked() -> None:
     unmet = report.unmet_claims(report._groups(data))
     assert len(unmet) == 1 and "got -" in unmet[0]
     assert "**NOT MEASURED**" in report.render(data)
+
+
+@pytest.mark.parametrize(
+    ("index", "key", "value", "unmet"),
+    [
+        (0, "extra_us_per_batch", 30.1, "scope='cgroup' (working set and file ledger)"),
+        (2, "throughput_vs_one", 0.899, "16 threads under one 300 MB ceiling"),
+        (4, "time_vs_one", 1.01, "3 guarded processes sharing a cgroup"),
+    ],
+)
+def test_a_group_claim_the_run_missed_is_marked(
+    index: int, key: str, value: float, unmet: str
+) -> None:
+    data = run_with(1.0, 1.0, 0.95)
+    data["benchmarks"][-len(GROUP_MET) + index]["extra_info"] = {key: value}
+    (line,) = report.unmet_claims(report._groups(data))
+    assert unmet in line

@@ -38,8 +38,11 @@ class Steady:
         return int(self.mb * MB)
 
 
-def monitor_with(reader: object, limit: EffectiveLimit = HOST, **config: object) -> MemoryMonitor:
-    """A monitor (sampler not started) reading ``reader`` and configured with ``config``."""
+def monitor_with(
+    reader: object, limit: EffectiveLimit = HOST, group: object = None, **config: object
+) -> MemoryMonitor:
+    """A monitor (sampler not started) reading ``reader`` and configured with ``config``;
+    ``group`` stands in for its group readings (a :class:`~zerorag_guard.group.GroupReader`)."""
     settings = {
         "threshold_mb": 1000,
         "critical_threshold_mb": 1200,
@@ -50,4 +53,5 @@ def monitor_with(reader: object, limit: EffectiveLimit = HOST, **config: object)
         GuardConfig(**settings),  # type: ignore[arg-type]
         probe=MemoryProbe(reader),  # type: ignore[arg-type]
         limit_reader=lambda: limit,
+        group=group,  # type: ignore[arg-type]
     )

@@ -108,14 +108,24 @@ class ChildCgroup:
     def run(self, argv: Sequence[str], timeout: float = 60.0) -> subprocess.CompletedProcess[str]:
         """Run ``argv`` inside this cgroup: a shell joins it, then execs the command, so the
         command is in the cgroup from its first instruction."""
+        with self.popen(argv) as proc:
+            try:
+                out, err = proc.communicate(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.communicate()
+                raise
+        return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+    def popen(self, argv: Sequence[str]) -> subprocess.Popen[str]:
+        """Start ``argv`` inside this cgroup (as :meth:`run` does) without waiting for it."""
         procs = os.path.join(self.path, "cgroup.procs")
         script = 'echo $$ > "$0" && exec "$@"'
-        return subprocess.run(
+        return subprocess.Popen(
             ["/bin/sh", "-c", script, procs, *argv],
-            capture_output=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
             text=True,
-            timeout=timeout,
-            check=False,
         )
 
 

@@ -24,16 +24,15 @@ from .cleanup import CleanupResult
 from .config import parse_size_mb
 from .errors import MemoryBudgetExceeded
 from .events import CLEANUP_FOR_LEVEL, Level
+from .limits import EFFECTIVE_LIMIT_SHARE
 from .monitor import MemoryMonitor, get_monitor
 from .probes import MB
+from .scope import check_scope
 
 logger = logging.getLogger("zerorag_guard")
 T = TypeVar("T")
 F = TypeVar("F", bound=Callable[..., Any])
 ON_EXCEED = ("warn", "cleanup", "raise")
-#: The default ceiling never passes this share of the effective (container) limit, so the
-#: guard acts before the kernel's OOM killer does.
-EFFECTIVE_LIMIT_SHARE = 0.9
 _active: ContextVar[Optional[MemoryBudget]] = ContextVar("zerorag_guard_budget", default=None)
 
 
@@ -47,6 +46,7 @@ class _Settings:
     max_batch_size: Optional[int]
     name: Optional[str]
     monitor: Optional[MemoryMonitor]
+    scope: str
 
 
 def _count(value: Any, name: str, allow_none: bool = True) -> Optional[int]:
@@ -97,6 +97,7 @@ class MemoryBudget:
         max_batch_size: Optional[int] = None,
         name: Optional[str] = None,
         monitor: Optional[MemoryMonitor] = None,
+        scope: str = "auto",
     ) -> None:
         limit = (
             None
@@ -128,7 +129,9 @@ class MemoryBudget:
                 f"batch_size={size} is outside min_batch_size={lo} .. "
                 f"max_batch_size={hi if hi is not None else 'unbounded'}"
             )
-        self._settings = _Settings(limit, increase, on_exceed, size, lo, hi, name, monitor)
+        self._settings = _Settings(
+            limit, increase, on_exceed, size, lo, hi, name, monitor, check_scope(scope)
+        )
         self._busy: Optional[threading.Lock] = threading.Lock()
         self._reset()
 
@@ -410,6 +413,7 @@ class MemoryBudget:
             "freed_mb": round(sum(r.freed_bytes for r in self.cleanups) / MB, 1),
             "exceeded": self.exceeded,
             "on_exceed": self.on_exceed,
+            "scope": self._settings.scope,
             "seconds": round(seconds, 3),
         }
 
@@ -424,6 +428,7 @@ def memory_budget(
     max_batch_size: Optional[int] = None,
     name: Optional[str] = None,
     monitor: Optional[MemoryMonitor] = None,
+    scope: str = "auto",
 ) -> MemoryBudget:
     """A memory budget, for ``with``, ``async with`` or as a decorator.
 
@@ -434,6 +439,12 @@ def memory_budget(
     check over the limit). ``batch_size`` (default ``BATCH_SIZE``), ``min_batch_size`` and
     ``max_batch_size`` bound :meth:`MemoryBudget.chunks`. ``monitor`` defaults to the
     process-wide one (tests pass one with injected readings).
+
+    ``scope`` says what the ceiling counts (see :mod:`zerorag_guard.scope`): ``"process"``
+    (this process's RSS), ``"tree"`` (this process and its descendants), ``"cgroup"`` (the
+    memory cgroup's working set) or ``"auto"`` (the default: this process's RSS, and 90% of a
+    cgroup limit on the cgroup's working set). Concurrent loops that share what a scope counts
+    reserve their next batch's memory, so no two plan on the same headroom.
     """
     return MemoryBudget(
         limit_mb,
@@ -444,4 +455,5 @@ def memory_budget(
         max_batch_size=max_batch_size,
         name=name,
         monitor=monitor,
+        scope=scope,
     )

@@ -12,6 +12,7 @@ import itertools
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
+from .scope import ALONE, MAX_POLLS, Scope
 from .sizing import NEAR_LIMIT, SAFETY, BatchSizer
 
 if TYPE_CHECKING:
@@ -21,15 +22,17 @@ T = TypeVar("T")
 
 
 class _Loop:
-    """One chunking loop's state: the sizer and the budget it reports to."""
+    """One chunking loop's state: the sizer, its scope and the budget it reports to."""
 
-    def __init__(self, budget: MemoryBudget, batch_size: Optional[int]) -> None:
+    def __init__(self, budget: MemoryBudget, batch_size: Optional[int], polls: int) -> None:
         s = budget._settings
         target = batch_size or s.batch_size or budget.monitor.config.batch_size
         if s.max_batch_size is not None:
             target = min(target, s.max_batch_size)
         self.budget = budget
         self.sizer = BatchSizer(max(target, s.min_batch_size), s.min_batch_size, s.max_batch_size)
+        self.scope = Scope(budget)
+        self.polls = polls
         self.peak = 0
         self.limit = 0
         # A cheap batch's closing reading, which is also the next batch's starting one: each
@@ -37,15 +40,24 @@ class _Loop:
         self._reading: Optional[int] = None
 
     def plan(self) -> tuple[int, Any, int]:
-        """Before a batch: apply the policy, choose the size, open the peak window."""
-        budget, sizer = self.budget, self.sizer
+        """Before a batch: apply the policy, reserve and choose the size, open the peak window."""
+        budget, sizer, scope = self.budget, self.sizer, self.scope
         monitor = budget.monitor
         now, self._reading = self._reading, None
-        now = monitor.probe.rss_bytes() if now is None else now
-        limit = self.limit = budget.limit_bytes()
-        rss = budget._check(now, sizer.last > sizer.min_size, self.peak, limit=limit)
+        reading = scope.read() if now is None else now
+        ceiling = budget.limit_bytes()
+        usage, limit, own = scope.measure(reading, ceiling)
+        done = len(budget.cleanups)
+        checked = budget._check(
+            usage, sizer.last > sizer.min_size, self.peak if own else 0, limit=limit
+        )
+        if len(budget.cleanups) != done:
+            reading = checked if own else scope.read()
         cost = sizer.cost_per_item or 0.0
-        tight = rss > NEAR_LIMIT * limit or SAFETY * (limit - rss) < 2 * cost * sizer.min_size
+        alone = reading + scope.headroom(ALONE, reading, ceiling)  # no other loop counted
+        tight = (
+            reading > NEAR_LIMIT * alone or SAFETY * (alone - reading) < 2 * cost * sizer.min_size
+        )
         if (
             tight
             and sizer.cap > sizer.min_size
@@ -56,10 +68,14 @@ class _Loop:
             # no policy fired. Freed memory that glibc keeps in its arenas is often the
             # difference (chroma's writes left 100+ MB there): an aggressive cleanup trims it
             # rather than letting batches collapse to min_batch_size.
-            rss = budget._cleanup("aggressive")
-        size = sizer.next_size(rss, limit)
-        exact = sizer.needs_exact_peak(size, rss, limit)
-        return size, monitor.probe.open_window(exact, rss), rss
+            budget._cleanup("aggressive")
+            reading = scope.read()
+        if monitor.under_pressure:
+            sizer.hold_back()  # the kernel is already reclaiming hard: before any limit is hit
+        reading, self.limit = scope.reserve(sizer, reading, ceiling, self.polls)
+        size = sizer.next_size(reading, self.limit)
+        exact = sizer.needs_exact_peak(size, reading, self.limit)
+        return size, scope.window(exact, reading), reading
 
     def finish(self, count: int, window: Any, start_rss: int) -> None:
         """After a batch: count it as processed and learn its cost from its peak."""
@@ -76,52 +92,64 @@ class _Loop:
         budget._note_peak(self.peak)
         self.sizer.learn(count, start_rss, self.peak, self.limit, window.exact)
 
+    def end(self) -> None:
+        """The loop is done (finished, failed or abandoned): its reservation ends."""
+        self.scope.ledger.release(self.scope.loop)
+
 
 def chunks(
     budget: MemoryBudget, iterable: Iterable[T], batch_size: Optional[int]
 ) -> Iterator[list[T]]:
     """The batches of ``iterable``, each item once and in order (see ``MemoryBudget.chunks``)."""
-    loop = _Loop(budget, batch_size)
+    loop = _Loop(budget, batch_size, MAX_POLLS)
     it = iter(iterable)
-    while True:
-        size, window, start = loop.plan()
-        try:
-            batch = list(itertools.islice(it, size))
-            if not batch:
-                return
-            yield batch
-        except BaseException:
-            window.close()
-            raise
-        loop.finish(len(batch), window, start)
-        del batch
+    try:
+        while True:
+            size, window, start = loop.plan()
+            try:
+                batch = list(itertools.islice(it, size))
+                if not batch:
+                    window.close()
+                    return
+                yield batch
+            except BaseException:
+                window.close()
+                raise
+            loop.finish(len(batch), window, start)
+            del batch
+    finally:
+        loop.end()
 
 
 async def achunks(
     budget: MemoryBudget, iterable: Union[AsyncIterable[T], Iterable[T]], batch_size: Optional[int]
 ) -> AsyncIterator[list[T]]:
     """:func:`chunks` for ``async for``, over an async or a plain iterable."""
-    loop = _Loop(budget, batch_size)
+    loop = _Loop(budget, batch_size, 0)  # a waiting task would block the others' batches
     ait = iterable.__aiter__() if isinstance(iterable, AsyncIterable) else None
     it = None if ait is not None else iter(iterable)  # type: ignore[arg-type]
-    while True:
-        size, window, start = loop.plan()
-        try:
-            if ait is not None:
-                batch: list[T] = []
-                while len(batch) < size:
-                    try:
-                        batch.append(await ait.__anext__())
-                    except StopAsyncIteration:
-                        break
-            else:
-                assert it is not None
-                batch = list(itertools.islice(it, size))
-            if not batch:
-                return
-            yield batch
-        except BaseException:
-            window.close()
-            raise
-        loop.finish(len(batch), window, start)
-        del batch
+    try:
+        while True:
+            size, window, start = loop.plan()
+            try:
+                if ait is not None:
+                    batch: list[T] = []
+                    while len(batch) < size:
+                        try:
+                            batch.append(await ait.__anext__())
+                        except StopAsyncIteration:
+                            break
+                else:
+                    assert it is not None
+                    batch = list(itertools.islice(it, size))
+                if not batch:
+                    window.close()
+                    return
+                yield batch
+            except BaseException:
+                window.close()
+                raise
+            loop.finish(len(batch), window, start)
+            del batch
+    finally:
+        loop.end()

@@ -179,6 +179,15 @@ class GuardConfig:
     error_rate_threshold: float = _spec(
         0.2, PREFIX + "ERROR_RATE_THRESHOLD", "a fraction above 0 up to 1, e.g. 0.2", high=1.0
     )
+    pressure_percent: float = _spec(
+        20.0,
+        PREFIX + "PRESSURE_PERCENT",
+        "a percentage from 0 (off) to 100: PSI's some avg10 that counts as HIGH, e.g. 20",
+        float,
+        0.0,
+        100.0,
+        True,
+    )
     use_kernel_peak: bool = _spec(
         True, PREFIX + "USE_KERNEL_PEAK", "a boolean (1/0, true/false, yes/no, on/off)", bool
     )

@@ -280,6 +280,7 @@ def memory_guarded(
     min_batch_size: int = 1,
     max_batch_size: Optional[int] = None,
     monitor: Optional[MemoryMonitor] = None,
+    scope: str = "auto",
 ) -> Any:
     """Decorate a function so that each call runs in a fresh memory budget.
 
@@ -298,6 +299,7 @@ def memory_guarded(
         max_batch_size=max_batch_size,
         name=name,
         monitor=monitor,
+        scope=scope,
     )
 
     def decorate(f: F) -> F:

@@ -42,6 +42,7 @@ class Snapshot:
     gc_share: float
     wall: float
     pid: int
+    group: dict[str, Any]
 
 
 def linear_fit(points: list[tuple[float, float]]) -> tuple[float, float]:
@@ -161,6 +162,13 @@ def build(s: Snapshot) -> dict[str, Any]:
         "leak": leak,
         "gc": {"share_of_wall_time": round(s.gc_share, 4), "budget": cfg.gc_time_budget},
         "services": s.services,
+        "group": {
+            # What a budget's default scope counts here (see zerorag_guard.scope).
+            "auto_counts": "process RSS and the cgroup's working set"
+            if s.limit.source.startswith("cgroup")
+            else "process RSS and the host's MemAvailable",
+            **s.group,
+        },
         "config": cfg.to_dict(),
         "pid": s.pid,
         "timestamp": s.wall,

@@ -28,6 +28,7 @@ import os
 import stat
 import struct
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Callable, Optional
@@ -36,6 +37,8 @@ logger = logging.getLogger("zerorag_guard")
 RECORD = struct.Struct("<qqqq")  # pid, start time (clock ticks since boot), loop id, bytes
 #: A reservation above this is no reservation but a corrupt record.
 MAX_BYTES = 1 << 50
+#: How long a loop waiting its turn sleeps before it plans again.
+POLL_SECONDS = 0.005
 
 
 def _start_time(pid: int, proc_root: str = "/proc") -> Optional[int]:
@@ -64,23 +67,33 @@ Records = dict[tuple[int, int], tuple[int, int]]  # (pid, loop) -> (start time, 
 
 class Turn:
     """One planning step under the ledger's lock: what the *other* loops hold reserved, in this
-    process (``others_here``) and in the whole group (``others_all``)."""
+    process (``others_here``) and in the whole group (``others_all``), and how many loops share
+    each (``loops_here``, ``loops_all``: this one included)."""
 
-    __slots__ = ("others_all", "others_here")
+    __slots__ = ("loops_all", "loops_here", "others_all", "others_here")
 
     def __init__(self, records: Records, me: tuple[int, int]) -> None:
         self.others_here = self.others_all = 0
+        self.loops_here = self.loops_all = 1
         for key, (_, nbytes) in records.items():
             if key != me:
                 self.others_all += nbytes
+                self.loops_all += 1
                 if key[0] == me[0]:
                     self.others_here += nbytes
+                    self.loops_here += 1
 
 
 class Ledger:
     """Reservations of the loops sharing one group; ``path=None`` keeps to this process."""
 
-    def __init__(self, path: Optional[Path] = None, proc_root: str = "/proc") -> None:
+    def __init__(
+        self,
+        path: Optional[Path] = None,
+        proc_root: str = "/proc",
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self._sleep = sleep
         self._lock = threading.Lock()
         self._table: Records = {}
         self._proc_root = proc_root
@@ -88,6 +101,7 @@ class Ledger:
         self._fd: Optional[int] = None
         self._me = (0, 0)  # (pid, start time) of this process, read again after a fork
         self.refused: Optional[str] = None
+        self._length = 0  # of the file as last loaded
 
     def _identity(self) -> tuple[int, int]:
         pid = os.getpid()
@@ -122,6 +136,7 @@ class Ledger:
 
     def _load(self, fd: int) -> Records:
         data = os.pread(fd, 1 << 20, 0)
+        self._length = len(data)
         if len(data) % RECORD.size:
             logger.warning("memory ledger %s: no whole record; rebuilt", self._path)
             return {}
@@ -137,10 +152,11 @@ class Ledger:
                 records[(pid, loop)] = (start, nbytes)
         return records
 
-    def _store(self, fd: int, records: Records) -> None:
+    def _store(self, fd: int, records: Records, length: int) -> None:
         data = b"".join(RECORD.pack(p, s, lp, b) for (p, lp), (s, b) in records.items())
         os.pwrite(fd, data, 0)
-        os.ftruncate(fd, len(data))
+        if len(data) != length:  # most plans replace one record's bytes: the length stays
+            os.ftruncate(fd, len(data))
 
     @contextlib.contextmanager
     def _records(self) -> Iterator[Records]:
@@ -165,7 +181,7 @@ class Ledger:
                 yield records
                 if shared:
                     try:
-                        self._store(fd, records)
+                        self._store(fd, records, self._length)
                     except OSError as err:
                         self._refuse(f"cannot write {self._path}: {err}")
             finally:
@@ -175,24 +191,27 @@ class Ledger:
     # -- reservations
     def plan(self, loop: int, size_for: Callable[[Turn], int]) -> int:
         """Under the lock: ``size_for(turn)`` chooses the batch and returns the bytes it reserves,
-        which replace this loop's reservation. Returns those bytes."""
+        which replace this loop's reservation. Returns those bytes. The loop counts as sharing
+        the group (``loops_*``) from its first plan until :meth:`release`, even at 0 bytes."""
         with self._records() as records:
             pid, start = self._me
             nbytes = max(0, int(size_for(Turn(records, (pid, loop)))))
-            if nbytes:
-                records[(pid, loop)] = (start, nbytes)
-            else:
-                records.pop((pid, loop), None)
+            records[(pid, loop)] = (start, nbytes)
             return nbytes
 
     def release(self, loop: int) -> None:
-        """End this loop's reservation (the loop ended)."""
-        self.plan(loop, lambda turn: 0)
+        """End this loop's reservation and its share (the loop ended)."""
+        with self._records() as records:
+            records.pop((self._me[0], loop), None)
+
+    def wait(self) -> None:
+        """Pause a loop whose turn it is not (others hold the headroom) before it plans again."""
+        self._sleep(POLL_SECONDS)
 
     def reservations(self) -> list[dict[str, int]]:
-        """Every live reservation: pid, loop and bytes (for the health report)."""
+        """Every live loop of the group: pid, loop and the bytes it holds reserved."""
         with self._records() as records:
-            return [{"pid": p, "loop": lp, "bytes": b} for (p, lp), (_, b) in records.items() if b]
+            return [{"pid": p, "loop": lp, "bytes": b} for (p, lp), (_, b) in records.items()]
 
 
 _ledgers: dict[str, Ledger] = {}
@@ -207,6 +226,12 @@ def ledger_for(key: Optional[str]) -> Ledger:
         if ledger is None:
             ledger = _ledgers[key or ""] = Ledger(_ledger_path(key) if key else None)
         return ledger
+
+
+def known_ledgers() -> dict[str, Ledger]:
+    """The ledgers this process has used, by key (``""``: its own)."""
+    with _ledgers_lock:
+        return dict(_ledgers)
 
 
 def _ledger_path(key: str) -> Optional[Path]:

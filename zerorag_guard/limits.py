@@ -21,6 +21,9 @@ import psutil
 #: Anything at or above this is the kernel's way of saying "unlimited" (v1 rounds LONG_MAX
 #: down to a page multiple, so compare with a margin rather than for equality).
 UNLIMITED_FLOOR = 1 << 60
+#: A guard's default ceiling never passes this share of the effective (container) limit, so it
+#: acts before the kernel's OOM killer does.
+EFFECTIVE_LIMIT_SHARE = 0.9
 
 
 @dataclass(frozen=True)
@@ -129,11 +132,13 @@ def cgroup_limits(proc_root: str = "/proc", sys_root: str = "/") -> list[Limit]:
     return limits
 
 
-def cgroup_usage(version: str, directory: str) -> Optional[int]:
+def cgroup_usage(
+    version: str, directory: str, read: Callable[[str], Optional[str]] = _read
+) -> Optional[int]:
     """Memory charged to one cgroup (page cache included): v1 ``memory.usage_in_bytes``, v2
     ``memory.current``; None where unreadable."""
     name = "memory.usage_in_bytes" if version == "v1" else "memory.current"
-    return _parse_limit(_read(os.path.join(directory, name)))
+    return _parse_limit(read(os.path.join(directory, name)))
 
 
 def cgroup_usage_bytes(proc_root: str = "/proc", sys_root: str = "/") -> Optional[int]:

@@ -25,6 +25,7 @@ from .alerts import AlertLog, Listener
 from .cleanup import STRATEGIES, Cleaner, CleanupResult
 from .config import GuardConfig
 from .events import SEVERITY_FOR_LEVEL, Alert, Level, Sample
+from .group import GroupReader, PressureGauge
 from .limits import EffectiveLimit, effective_limit
 from .operations import OperationLog
 from .probes import MB, MemoryProbe
@@ -39,8 +40,9 @@ class MemoryMonitor:
     """Watches this process's memory. Every source of the outside world is injectable.
 
     ``probe`` reads RSS (a :class:`MemoryProbe`, e.g. with an injected ``rss_reader``),
-    ``limit_reader`` returns the :class:`EffectiveLimit`, ``clock`` is monotonic seconds and
-    ``wall`` epoch seconds for alert timestamps.
+    ``limit_reader`` returns the :class:`EffectiveLimit`, ``clock`` is monotonic seconds,
+    ``wall`` epoch seconds for alert timestamps and ``group`` the group readings budgets' scopes
+    use (:class:`~zerorag_guard.group.GroupReader`; none with an injected probe).
     """
 
     def __init__(
@@ -51,13 +53,16 @@ class MemoryMonitor:
         limit_reader: Optional[Callable[[], EffectiveLimit]] = None,
         clock: Callable[[], float] = time.monotonic,
         wall: Callable[[], float] = time.time,
+        group: Optional[GroupReader] = None,
     ) -> None:
         self._initial_config = config or GuardConfig.from_env()
         self._probe = probe or MemoryProbe(use_kernel_peak=self._initial_config.use_kernel_peak)
+        self._group = group or GroupReader(enabled=self._probe.source != "injected")
         self._limit_reader = limit_reader or effective_limit
         self._clock = clock
         self._wall = wall
         self._cleaner = Cleaner(self._probe.rss_bytes, clock)
+        self._pressure = PressureGauge(self._group.pressure, clock)
         self._thread: Optional[threading.Thread] = None
         self._init_state(self._initial_config)
         _live_monitors.add(self)
@@ -104,6 +109,11 @@ class MemoryMonitor:
         return self._probe
 
     @property
+    def group(self) -> GroupReader:
+        """The readings of this process's groups (cgroup, process tree, host), for scopes."""
+        return self._group
+
+    @property
     def cleaner(self) -> Cleaner:
         return self._cleaner
 
@@ -142,8 +152,11 @@ class MemoryMonitor:
             level = Level(level + 1)
         while level > Level.NORMAL and rss < release[level - 1]:
             level = Level(level - 1)
+        pressed = self._pressure.pressed(self._config.pressure_percent)
+        if pressed and level < Level.HIGH:
+            level = Level.HIGH  # the kernel is reclaiming hard: act before any limit is hit
         if level != current:
-            self._change_level(level, rss)
+            self._change_level(level, rss, pressed)
         sample = Sample(self._clock(), rss / MB, level)
         self._latest = (sample.time, rss)
         self._history.append(sample)
@@ -172,6 +185,12 @@ class MemoryMonitor:
         return self._level
 
     @property
+    def under_pressure(self) -> bool:
+        """Whether the latest PSI reading was at or above ``pressure_percent`` (see
+        :class:`~zerorag_guard.group.PressureGauge`); batches hold back while it is."""
+        return self._pressure.pressed(self._config.pressure_percent)
+
+    @property
     def history(self) -> list[Sample]:
         return list(self._history)
 
@@ -188,13 +207,24 @@ class MemoryMonitor:
         return self._limit
 
     # -- levels and alerts
-    def _change_level(self, level: Level, rss: int) -> None:
+    def _change_level(self, level: Level, rss: int, pressed: bool = False) -> None:
         with self._lock:
             old = self._level
             if level == old:
                 return
             self._level = level
-        if level > old:
+        if level > old and pressed and rss < self._marks[0][Level.HIGH - 1]:
+            self.alert(
+                SEVERITY_FOR_LEVEL[level],
+                "pressure",
+                f"memory pressure: PSI some avg10 {self._pressure.value:.1f}% (ZERORAG_GUARD_"
+                f"PRESSURE_PERCENT {self._config.pressure_percent:g}%); memory at "
+                f"{rss / MB:.1f} MB entered {level.name}",
+                rss_mb=rss / MB,
+                level=level,
+                pressure_percent=self._pressure.value,
+            )
+        elif level > old:
             threshold = (
                 self._config.preventive_threshold_mb,
                 self._config.threshold_mb,
@@ -348,8 +378,10 @@ class MemoryMonitor:
     # -- health
     def get_health_status(self) -> dict[str, Any]:
         """The health report: ``health_score`` (0-100), ``memory_usage``, ``health_issues``, and
-        operation statistics, alert counts, cleanups and background-service status."""
+        operation statistics, alert counts, cleanups, background-service status and the group
+        readings budgets share (``group``: cgroup, host, pressure, the ledgers' reservations)."""
         sample = self.sample()
+        group = self._group.status()  # files and the ledgers' locks: outside the monitor's
         with self._lock:
             snapshot = health.Snapshot(
                 config=self._config,
@@ -375,6 +407,7 @@ class MemoryMonitor:
                 gc_share=self._cleaner.gc_share(),
                 wall=self._wall(),
                 pid=os.getpid(),
+                group=group,
             )
         return health.build(snapshot)
 

@@ -46,18 +46,26 @@ class BatchSizer:
         """Bytes one item adds to the peak, from recent batches; None until measured."""
         return max(self._costs) if self._costs else None
 
-    def next_size(self, rss: int, limit: int) -> int:
-        """The size of the next batch for ``rss`` bytes in use now under a ``limit``."""
+    def size_for(self, rss: int, limit: int) -> int:
+        """The size :meth:`next_size` would choose, without choosing it."""
         headroom = limit - rss
         grow = self.min_size if self.last == 0 else min(self.cap, 2 * self.last)
         cost = self.cost_per_item
         size = grow if cost is None else min(grow, int(SAFETY * headroom / cost))
         if self._halve:
             size = min(size, self.last // 2)
-            self._halve = False
         if headroom <= 0:
             size = self.min_size
-        self.last = max(self.min_size, min(size, self.cap))
+        return max(self.min_size, min(size, self.cap))
+
+    def hold_back(self) -> None:
+        """Make the next batch at most half the last (memory pressure: the kernel reclaims)."""
+        self._halve = True
+
+    def next_size(self, rss: int, limit: int) -> int:
+        """The size of the next batch for ``rss`` bytes in use now under a ``limit``."""
+        self.last = self.size_for(rss, limit)
+        self._halve = False
         return self.last
 
     def needs_exact_peak(self, size: int, rss: int, limit: int) -> bool:

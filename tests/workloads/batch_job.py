@@ -1,7 +1,7 @@
 """A batch job whose items each hold a few hundred KB until their batch ends.
 
 Run as a script: ``python batch_job.py fixed|guarded --items N --item-kb K --batch B
-[--budget-mb M | --budget-over-base-mb D]``. Prints one JSON line with the peak RSS (the
+[--budget-mb M | --budget-over-base-mb D] [--scope S]``. Prints one JSON line with the peak RSS (the
 kernel's high-water mark, kept across the guard's resets), the items processed and the time.
 Used by the budget tests and the container (cgroup) system tests.
 """
@@ -27,6 +27,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=1000)
     parser.add_argument("--budget-mb", type=float, default=None)
     parser.add_argument("--budget-over-base-mb", type=float, default=None)
+    parser.add_argument("--scope", default="auto")
     args = parser.parse_args()
     start = time.perf_counter()
     seen = 0
@@ -51,7 +52,7 @@ def main() -> None:
         limit = args.budget_mb
         if args.budget_over_base_mb is not None:
             limit = base_mb + args.budget_over_base_mb
-        with memory_budget(limit, batch_size=args.batch) as budget:
+        with memory_budget(limit, batch_size=args.batch, scope=args.scope) as budget:
             for batch in budget.chunks(range(args.items)):
                 held = process(batch, args.item_kb)
                 seen += len(batch)

@@ -113,6 +113,7 @@ class GuardedStore(wrapt.ObjectProxy):
             batch_size=size,
             name=f"{self.kind}.write",
             monitor=s["monitor"],
+            scope=s["scope"],
         )
 
     def _prepare(self, name: str, args: Any, kwargs: Any) -> tuple[Any, Any, Optional[Plan]]:
@@ -361,6 +362,7 @@ def guard_store(
     on_exceed: str = "cleanup",
     batch_size: Optional[int] = None,
     monitor: Optional[MemoryMonitor] = None,
+    scope: str = "auto",
 ) -> Any:
     """Wrap ``store`` so its bulk writes run in adaptive chunks under a memory budget.
 
@@ -369,7 +371,9 @@ def guard_store(
     own maximum. Returns a proxy that behaves as the store (``isinstance`` included) and adds
     ``get_health_status()``, ``write_stats()`` and ``last_budget``.
     """
-    memory_budget(limit_mb, increase_mb=increase_mb, on_exceed=on_exceed, batch_size=batch_size)
+    memory_budget(
+        limit_mb, increase_mb=increase_mb, on_exceed=on_exceed, batch_size=batch_size, scope=scope
+    )
     if isinstance(store, GuardedStore):
         store = store.__wrapped__
     settings = {
@@ -378,5 +382,6 @@ def guard_store(
         "on_exceed": on_exceed,
         "batch_size": batch_size,
         "monitor": monitor,
+        "scope": scope,
     }
     return _KINDS[store_kind(store)](store, settings)

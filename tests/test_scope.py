@@ -1,0 +1,342 @@
+"""Scopes and shared headroom, on injected readings: what each scope counts, the tighter of two
+ceilings governing, MemAvailable bounding a host budget, loops that share one headroom each
+planning on their share, turns that end, and reservations that end with their loop."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Callable, Optional
+
+import pytest
+from budget_helpers import monitor_with
+from test_limits import v2_tree
+
+from zerorag_guard import memory_budget, memory_guarded
+from zerorag_guard.group import Cgroup, GroupReader
+from zerorag_guard.integrations.vectorstores import guard_store
+from zerorag_guard.ledger import Ledger
+from zerorag_guard.limits import EffectiveLimit, Limit
+from zerorag_guard.probes import MB
+from zerorag_guard.scope import HOST_RESERVE, MAX_POLLS
+
+CGROUP_1000 = EffectiveLimit(
+    1000 * MB, "cgroup v2", "/job/memory.max", (Limit(1000 * MB, "cgroup v2", "/job"),)
+)
+HOST_64G = EffectiveLimit(64 * 1024 * MB, "host", "physical memory")
+
+
+class ItemCost:
+    """This process's RSS: ``base_mb`` plus ``cost_mb`` for each live item of a batch."""
+
+    def __init__(self, base_mb: float, cost_mb: float) -> None:
+        self.base, self.cost, self.live = base_mb, cost_mb, 0
+
+    def __call__(self) -> int:
+        return int((self.base + self.live * self.cost) * MB)
+
+
+class FakeGroup:
+    """Group readings a test sets in MB (None: not available), and a ledger it owns."""
+
+    enabled = True
+
+    def __init__(self, sleep: Callable[[float], None] = lambda _: None) -> None:
+        self.cgroup: Optional[Cgroup] = Cgroup("v2", "/fake/job")
+        self.working_set_mb: Optional[float] = None
+        self.available_mb: Optional[float] = None
+        self.tree_mb: Optional[float] = None
+        self.pressure_percent: Optional[float] = None  # PSI's some avg10
+        self.pending_mb = 0.0  # seen by the next tree reading only: a batch's transient peak
+        self.the_ledger = Ledger(sleep=sleep)
+        self.keys: list[Optional[str]] = []
+
+    def ledger(self, key: Optional[str]) -> Ledger:
+        self.keys.append(key)
+        return self.the_ledger
+
+    def working_set(self) -> Optional[int]:
+        return None if self.working_set_mb is None else int(self.working_set_mb * MB)
+
+    def host_available(self) -> Optional[int]:
+        return None if self.available_mb is None else int(self.available_mb * MB)
+
+    def tree(self, root: int) -> Optional[int]:
+        if self.tree_mb is None:
+            return None
+        value, self.pending_mb = self.tree_mb + self.pending_mb, 0.0
+        return int(value * MB)
+
+    def pressure(self) -> Optional[float]:
+        return self.pressure_percent
+
+
+def run(budget: object, reader: ItemCost, n: int = 3000) -> list[int]:
+    """Drive ``budget.chunks`` over ``n`` items that each cost ``reader.cost`` until batch end;
+    returns the items handed out."""
+    handed: list[int] = []
+    for batch in budget.chunks(range(n)):  # type: ignore[attr-defined]
+        handed.extend(batch)
+        reader.live = len(batch)
+        budget.monitor.probe.note(reader())  # type: ignore[attr-defined]
+        reader.live = 0
+    return handed
+
+
+# -- arguments ------------------------------------------------------------------------------------
+def test_an_unknown_scope_is_refused_naming_it_and_the_choices() -> None:
+    expected = r"scope='node' is not valid: expected one of 'auto', 'process', 'tree', 'cgroup'"
+    with pytest.raises(ValueError, match=expected):
+        memory_budget(scope="node")
+    with pytest.raises(ValueError, match=expected):
+        memory_guarded(scope="node")(lambda: None)
+    with pytest.raises(ValueError, match=expected):
+        guard_store(object(), scope="node")  # checked before the store is
+
+
+# -- auto: the tighter of the budget's ceiling and 90% of the cgroup's limit --------------------
+@pytest.mark.parametrize(
+    ("scope", "working_set_mb", "largest"),
+    [
+        # Others in the cgroup use 450 MB: 900 - 550 = 350 MB free, 80% of it at 2 MB an item.
+        ("auto", 550, 140),
+        ("cgroup", 550, 140),
+        # The cgroup is nearly empty: this process's own ceiling (900 - 100) governs, capped at 300.
+        ("auto", 100, 300),
+        # scope="process" never looks at the cgroup.
+        ("process", 550, 300),
+    ],
+)
+def test_the_cgroups_working_set_and_the_process_ceiling_both_hold(
+    scope: str, working_set_mb: float, largest: int
+) -> None:
+    reader, group = ItemCost(base_mb=100, cost_mb=2), FakeGroup()
+    group.working_set_mb = working_set_mb
+    monitor = monitor_with(reader, CGROUP_1000, group)
+    with memory_budget(batch_size=300, monitor=monitor, scope=scope) as budget:
+        assert budget.limit_mb == pytest.approx(900)  # 90% of the cgroup's 1000 MB
+        assert run(budget, reader) == list(range(3000))
+    assert max(budget.batch_sizes) == largest
+    expected = "cgroup:/fake/job" if scope != "process" else None
+    assert group.keys == [expected]  # the working set is shared with the cgroup's loops
+
+
+def test_page_cache_in_the_cgroup_does_not_shrink_batches(tmp_path: Path) -> None:
+    """A real GroupReader over a fake v2 tree: 550 MB of the cgroup's usage is inactive file
+    cache, which the working set leaves out; as anonymous memory it governs the batches."""
+    tree = v2_tree(tmp_path, "/job")
+    tree.file("/sys/fs/cgroup/job/memory.current", str(650 * MB))
+
+    own_ledger = Ledger()  # not the machine's shared ledgers
+    largest = {}
+    for inactive_mb in (550, 0):
+        tree.file(
+            "/sys/fs/cgroup/job/memory.stat", f"anon {100 * MB}\ninactive_file {inactive_mb * MB}"
+        )
+        reader = ItemCost(base_mb=100, cost_mb=2)
+        group = GroupReader(str(tree.proc), str(tree.sys), ledger=own_ledger)
+        monitor = monitor_with(reader, CGROUP_1000, group)
+        with memory_budget(batch_size=300, monitor=monitor) as budget:
+            run(budget, reader)
+        largest[inactive_mb] = max(budget.batch_sizes)
+    assert largest == {550: 300, 0: 100}  # 900 - 650 = 250 MB free: 80% of it at 2 MB an item
+
+
+# -- host: MemAvailable less a reserve bounds the headroom -------------------------------------
+def test_mem_available_bounds_a_budget_on_a_host_without_a_limit() -> None:
+    assert HOST_RESERVE == 256 * MB
+    reader, group = ItemCost(base_mb=100, cost_mb=2), FakeGroup()
+    group.cgroup = None
+    monitor = monitor_with(reader, HOST_64G, group)
+    with memory_budget(2000, batch_size=500, monitor=monitor) as budget:
+        group.available_mb = 456  # 200 MB above the reserve
+        run(budget, reader, 1000)
+        before = len(budget.batch_sizes)
+        group.available_mb = 306  # another program took 150 MB: 50 MB above the reserve
+        run(budget, reader, 1000)
+    assert max(budget.batch_sizes[:before]) == 80  # 80% of 200 MB at 2 MB an item
+    assert max(budget.batch_sizes[before + 3 :]) == 20  # 80% of 50 MB
+    assert group.keys == [None, None]  # no cgroup limit: RSS is shared in-process only
+    with memory_budget(2000, batch_size=500, monitor=monitor, scope="process") as budget:
+        run(budget, reader, 2000)
+    assert max(budget.batch_sizes) == 500  # scope="process" never reads the host
+
+
+# -- tree: the process and its descendants -------------------------------------------------------
+def test_tree_scope_sizes_on_the_trees_memory_and_learns_its_peaks() -> None:
+    rss, group = ItemCost(base_mb=100, cost_mb=0), FakeGroup()
+    group.tree_mb = 300  # children hold 200 MB that this process's RSS never shows
+    monitor = monitor_with(rss, HOST_64G, group)
+    with memory_budget(500, batch_size=300, monitor=monitor, scope="tree") as budget:
+        for batch in budget.chunks(range(3000)):
+            group.pending_mb = 2 * len(batch)  # the children's peak for this batch
+    # 500 - 300 = 200 MB of headroom at 2 MB an item: 80% of it.
+    assert max(budget.batch_sizes) == 80
+    assert budget.batch_sizes[-2] >= 70
+    with memory_budget(500, batch_size=300, monitor=monitor, scope="process") as budget:
+        for batch in budget.chunks(range(3000)):
+            group.pending_mb = 2 * len(batch)
+    assert max(budget.batch_sizes) == 300  # the process alone sees neither
+
+
+def test_tree_scope_falls_back_to_rss_where_no_tree_can_be_read() -> None:
+    reader, group = ItemCost(base_mb=100, cost_mb=2), FakeGroup()
+    monitor = monitor_with(reader, HOST_64G, group)
+    with memory_budget(500, batch_size=300, monitor=monitor, scope="tree") as budget:
+        run(budget, reader)
+    assert max(budget.batch_sizes) == 160  # 80% of 400 MB at 2 MB an item (sampled peaks)
+
+
+# -- shared headroom ------------------------------------------------------------------------------
+def test_two_loops_in_one_process_each_plan_on_their_share() -> None:
+    reader, group = ItemCost(base_mb=100, cost_mb=2), FakeGroup()
+    group.cgroup = None
+    monitor = monitor_with(reader, HOST_64G, group)
+    a = memory_budget(500, batch_size=400, monitor=monitor)
+    b = memory_budget(500, batch_size=400, monitor=monitor)
+    with a, b:
+        loops = [a.chunks(range(2000)), b.chunks(range(1000, 5000))]
+        handed: list[list[int]] = [[], []]
+        live = [0, 0]
+        reserved, together, alone = [], [0, 0], 0
+        while loops[0] is not None or loops[1] is not None:
+            for i, loop in enumerate(loops):
+                if loop is None:
+                    continue
+                live[i] = 0
+                batch = next(loop, None)  # plans: the other loop's batch is still live
+                if batch is None:
+                    loops[i] = None
+                    continue
+                handed[i].extend(batch)
+                live[i] = len(batch)
+                reader.live = sum(live)
+                monitor.probe.note(reader())
+                reserved.append(sum(r["bytes"] for r in group.the_ledger.reservations()))
+                if None in loops:
+                    alone = max(alone, len(batch))
+                else:
+                    together[i] = max(together[i], len(batch))
+    assert handed == [list(range(2000)), list(range(1000, 5000))]
+    # Between them the two loops never reserved more than the 400 MB both plan on...
+    assert max(reserved) <= 400 * MB
+    # ... each planned on at most half of it (80% of 200 MB at 2 MB an item) while both ran,
+    # and neither starved ...
+    assert min(together) >= 30 and max(together) <= 80
+    # ... and the loop left alone had the whole headroom back (80% of 400 MB at ~2 MB an item).
+    assert alone > 150
+    assert group.the_ledger.reservations() == []  # both ended
+
+
+def test_a_loop_waits_its_turn_then_takes_the_headroom_released() -> None:
+    reader = ItemCost(base_mb=100, cost_mb=2)
+    sleeps: list[float] = []
+    group = FakeGroup(sleep=lambda s: (sleeps.append(s), release_after(3)))
+    group.cgroup = None
+    ledger = group.the_ledger
+
+    def release_after(n: int) -> None:
+        if len(sleeps) == n:
+            ledger.release(999)
+
+    monitor = monitor_with(reader, HOST_64G, group)
+    with memory_budget(500, batch_size=100, monitor=monitor) as budget:
+        loop = budget.chunks(range(1000))
+        for _ in range(10):  # learn the cost: 2 MB an item
+            batch = next(loop)
+            reader.live = len(batch)
+            monitor.probe.note(reader())
+            reader.live = 0
+        assert sleeps == []
+        ledger.plan(999, lambda turn: 399 * MB)  # another loop holds all but 1 MB
+        batch = next(loop)
+        assert len(sleeps) == 3  # waited three polls, holding nothing, until it was released
+        assert len(batch) == 100  # then planned on the whole headroom again
+        ledger.plan(999, lambda turn: 399 * MB)  # and this time nobody releases
+        batch = next(loop)
+        assert len(sleeps) == 3 + MAX_POLLS  # it waited no longer than MAX_POLLS polls
+        assert len(batch) == 1  # then went ahead with what fits
+        loop.close()
+    assert ledger.reservations() == [
+        {"pid": ledger.reservations()[0]["pid"], "loop": 999, "bytes": 399 * MB}
+    ]
+
+
+@pytest.mark.parametrize("end", ["finished", "broken off", "raised"])
+def test_a_loops_reservation_ends_with_the_loop(end: str) -> None:
+    reader, group = ItemCost(base_mb=100, cost_mb=2), FakeGroup()
+    monitor = monitor_with(reader, HOST_64G, group)
+    with memory_budget(500, monitor=monitor) as budget:
+        try:
+            for i, batch in enumerate(budget.chunks(range(100))):
+                reader.live = len(batch)
+                monitor.probe.note(reader())
+                reader.live = 0
+                assert len(group.the_ledger.reservations()) == 1
+                if i == 3 and end == "broken off":
+                    break
+                if i == 3 and end == "raised":
+                    raise KeyError("boom")
+        except KeyError:
+            pass
+    assert group.the_ledger.reservations() == []
+
+
+def test_asyncio_tasks_share_the_headroom_and_never_sleep() -> None:
+    reader = ItemCost(base_mb=100, cost_mb=2)
+    group = FakeGroup(sleep=lambda s: pytest.fail("a task slept: the event loop would block"))
+    group.cgroup = None
+    monitor = monitor_with(reader, HOST_64G, group)
+    reserved: list[int] = []
+
+    async def task(n: int) -> list[int]:
+        got: list[int] = []
+        async with memory_budget(500, batch_size=400, monitor=monitor) as budget:
+            async for batch in budget.achunks(range(n * 1000, n * 1000 + 500)):
+                got.extend(batch)
+                reader.live += len(batch)
+                monitor.probe.note(reader())
+                reserved.append(sum(r["bytes"] for r in group.the_ledger.reservations()))
+                await asyncio.sleep(0)
+                reader.live -= len(batch)
+        return got
+
+    async def main() -> list[list[int]]:
+        return await asyncio.gather(*(task(n) for n in range(8)))
+
+    results = asyncio.run(main())
+    assert results == [list(range(n * 1000, n * 1000 + 500)) for n in range(8)]
+    assert max(reserved) <= 400 * MB
+    assert group.the_ledger.reservations() == []
+
+
+def test_the_health_report_shows_the_group_and_who_holds_reservations(tmp_path: Path) -> None:
+    tree = v2_tree(tmp_path, "/job")
+    tree.file("/sys/fs/cgroup/job/memory.current", str(650 * MB))
+    tree.file("/sys/fs/cgroup/job/memory.stat", f"anon {100 * MB}\ninactive_file {550 * MB}")
+    tree.file("/sys/fs/cgroup/job/memory.max", str(1000 * MB))
+    tree.file("/sys/fs/cgroup/job/memory.pressure", "some avg10=12.50 avg60=3 avg300=1 total=9")
+    (tree.proc / "meminfo").write_text("MemTotal: 2048000 kB\nMemAvailable: 1024000 kB\n")
+    reader = ItemCost(base_mb=100, cost_mb=2)
+    group = GroupReader(str(tree.proc), str(tree.sys), ledger=Ledger())
+    monitor = monitor_with(reader, CGROUP_1000, group)
+    with memory_budget(batch_size=8, monitor=monitor) as budget:
+        for i, batch in enumerate(budget.chunks(range(100))):
+            reader.live = len(batch)
+            monitor.probe.note(reader())
+            reader.live = 0
+            if i == 5:
+                during = monitor.get_health_status()["group"]
+    after = monitor.get_health_status()["group"]
+    assert during["auto_counts"] == "process RSS and the cgroup's working set"
+    assert during["cgroup"] == {"version": "v2", "path": str(tree.sys) + "/sys/fs/cgroup/job"}
+    assert (during["cgroup_usage_mb"], during["cgroup_working_set_mb"]) == (650.0, 100.0)
+    assert during["cgroup_limit_mb"] == 1000.0
+    assert during["host_available_mb"] == 1000.0
+    assert during["pressure_some_avg10"] == 12.5
+    # The loop holds its sixth batch's reservation: 8 items at the 2 MB each it measured.
+    (loop,) = during["reservations"]
+    assert (loop["ledger"], loop["pid"], loop["bytes"]) == ("process", os.getpid(), 16 * MB)
+    assert (during["reserved_mb"], during["processes_reserving"]) == (16.0, 1)
+    assert (after["reservations"], after["reserved_mb"]) == ([], 0.0)
