@@ -4,7 +4,8 @@ side by side in the same run on the same workloads.
 Groups (ratios are computed by ``benchmarks/report.py`` from the JSON, against each group's
 ``bare`` row):
 
-- ``noop``: a function that does nothing, so the row shows the guard's own cost in µs;
+- ``noop``: a function that does nothing, so the row shows the guard's own cost in µs (and
+  ``extra_us``: the paired medians' difference over 20,000 pairs);
 - ``batch``: the pure-Python embed of a 100-item batch (~0.5 ms), where the guard must stay
   within 2%;
 - ``batch-numpy``: the same embed with numpy.
@@ -33,7 +34,7 @@ from typing import Any, Callable
 import memory_profiler
 import memray
 import pytest
-from paired import paired_ratio
+from paired import paired_medians, paired_ratio
 from workloads import TEXTS, embed_batch, embed_batch_numpy
 
 from zerorag_guard import memory_guarded
@@ -118,6 +119,11 @@ def run(benchmark: Any, variant: str, func: Callable[..., Any], arg: Any, tmp: P
 def test_noop(benchmark: Any, variant: str, tmp_path: Path, devnull: Any) -> None:
     func = decorate(variant, noop, tmp_path, devnull)
     assert run(benchmark, variant, func, 1, tmp_path) == 1
+    if variant == "memory_guarded":
+        bare, guarded = paired_medians(
+            lambda: noop(1), lambda: func(1), 4 if benchmark.disabled else 20_000
+        )
+        benchmark.extra_info["extra_us"] = round((guarded - bare) * 1e6, 3)
 
 
 @pytest.mark.benchmark(group="batch")

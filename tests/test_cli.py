@@ -20,6 +20,7 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 HEALTH_KEYS = {"health_score", "memory_usage", "health_issues"}
 TIMEOUT = 90
+MB = 1 << 20
 
 
 @pytest.fixture
@@ -89,8 +90,14 @@ def normalized(text: str) -> str:
             ["--help"],
             ["report", "analyze", "cleanup", "monitor", "optimize", "debug", "configure", "ps"],
         ),
-        (["report"], ["health score", "RSS", "main threshold", "effective limit", "Health issues"]),
-        (["analyze"], ["effective limit", "Limit candidates", "host", "Thresholds", "recommended"]),
+        (
+            ["report"],
+            ["health score", "RSS", "main threshold", "effective limit", "Group", "Health issues"],
+        ),
+        (
+            ["analyze"],
+            ["effective limit", "Limit candidates", "host", "Group", "Thresholds", "recommended"],
+        ),
         (["cleanup"], ["Standard cleanup", "RSS", "objects collected"]),
         (["cleanup", "--aggressive"], ["Aggressive cleanup", "malloc_trim"]),
         (
@@ -382,6 +389,52 @@ def test_reaching_a_running_guarded_job(runtime_dir: Path, worker: int) -> None:
     debug = remote(runtime_dir, worker, "debug", "--trace-seconds", "0.2", "--top", "5")
     assert debug["pid"] == worker and debug["monitor"]["alerts"]
     assert any(t["type"] == "bytearray" for t in debug["top_types"])
+
+
+# A job whose loop is inside its fifth batch, each item holding 1 MB until its batch ends.
+RESERVING_JOB = """
+import os, sys
+from zerorag_guard import memory_budget
+with memory_budget(2000, batch_size=8) as budget:
+    for i, batch in enumerate(budget.chunks(range(1000))):
+        held = [bytearray(1 << 20) for _ in batch]
+        if i == 4:
+            print("ready", os.getpid(), len(batch), flush=True)
+            sys.stdin.read()
+            break
+"""
+
+
+def test_report_analyze_and_ps_show_who_holds_reservations(runtime_dir: Path) -> None:
+    env = {**_env(runtime_dir), "ZERORAG_GUARD_SHARE_NODE": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-c", RESERVING_JOB],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=runtime_dir,
+    )
+    try:
+        assert proc.stdout is not None
+        line = proc.stdout.readline().split()
+        assert line[:1] == ["ready"], line
+        pid, size = int(line[1]), int(line[2])
+        group = remote(runtime_dir, pid, "report")["group"]
+        (loop,) = [r for r in group["reservations"] if r["pid"] == pid]
+        # The fifth batch's reservation: its items at the ~1 MB each measured on the first four.
+        assert loop["ledger"] == "node" and 0.7 * size * MB <= loop["bytes"] <= 1.5 * size * MB
+        assert group["processes_reserving"] == 1
+        assert remote(runtime_dir, pid, "analyze")["group"]["reservations"] == [loop]
+        (listed,) = json.loads(ok(run(runtime_dir, "ps", "--json")))
+        assert listed["reserved_mb"] == round(loop["bytes"] / MB, 1)
+        text = ok(run(runtime_dir, "report", "--pid", str(pid)))
+        assert "Loops holding reservations" in text and "node" in text
+        assert "RESERVED" in ok(run(runtime_dir, "ps"))
+    finally:
+        assert proc.stdin is not None
+        proc.stdin.close()
+        proc.wait(timeout=30)
 
 
 @pytest.mark.slow

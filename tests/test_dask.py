@@ -22,6 +22,7 @@ from zerorag_guard.integrations.dask import (
     GuardedMapError,
     GuardedMapResult,
     MemoryGuardPlugin,
+    _summarize,
     cluster_health,
     guard_thresholds,
     guarded_map,
@@ -133,7 +134,7 @@ def test_worker_without_a_memory_limit_keeps_its_settings(limit: Any) -> None:
     monitor = get_monitor()
     before = monitor.config
     MemoryGuardPlugin().setup(_fake_worker(limit))
-    assert monitor.config == before
+    assert monitor.config == before.replace(share_node=True)  # the node is shared all the same
     assert monitor.running
 
 
@@ -144,6 +145,50 @@ def test_plugin_configures_the_process_monitor_from_the_worker_limit() -> None:
     assert cfg.threshold_mb == pytest.approx(cfg.critical_threshold_mb / 1.2)
     assert cfg.preventive_threshold_mb < cfg.threshold_mb
     assert cfg.batch_size == 7
+    assert cfg.share_node
+    MemoryGuardPlugin(share_node=False).setup(_fake_worker(MEMORY_LIMIT))
+    assert not get_monitor().config.share_node
+
+
+def _report(host: str, *reservations: tuple[str, int, int, int]) -> dict[str, Any]:
+    group = {
+        "cgroup": None,
+        "cgroup_working_set_mb": None,
+        "cgroup_limit_mb": None,
+        "host_available_mb": 1000.0,
+        "pressure_some_avg10": None,
+        "reservations": [
+            {"ledger": k, "pid": p, "loop": lp, "bytes": b} for k, p, lp, b in reservations
+        ],
+    }
+    usage = {"level": "NORMAL", "rss_mb": 100.0, "limit_mb": 1000.0}
+    return {
+        "memory_usage": usage,
+        "dask": {"host": host, "status": "running", "memory_limit_mb": 400.0, "guarded": True},
+        "health_score": 100,
+        "health_issues": [],
+        "group": group,
+    }
+
+
+def test_the_summary_counts_each_nodes_loops_once() -> None:
+    # Workers 1 and 2 share host a's node ledger, so each reports both of its loops.
+    shared = [("node", 11, 1, 5 * MB), ("node", 12, 1, 3 * MB)]
+    workers = {
+        "tcp://a:1": _report("a", *shared, ("process", 11, 2, 0)),
+        "tcp://a:2": _report("a", *shared),
+        "tcp://b:1": _report("b", ("node", 21, 1, 0)),
+    }
+    nodes = _summarize(workers, {})["nodes"]
+    assert nodes["a"]["workers"] == ["tcp://a:1", "tcp://a:2"]
+    assert (nodes["a"]["loops"], nodes["a"]["processes_reserving"]) == (3, 2)
+    assert nodes["a"]["reserved_mb"] == 8.0
+    assert (nodes["b"]["loops"], nodes["b"]["processes_reserving"], nodes["b"]["reserved_mb"]) == (
+        1,
+        0,
+        0.0,
+    )
+    assert nodes["b"]["host_available_mb"] == 1000.0
 
 
 # -- on a real cluster -----------------------------------------------------------------------------
@@ -208,6 +253,31 @@ def test_cluster_health_shows_every_worker_and_a_summary(client: Client) -> None
     assert sum(summary["levels"].values()) == 2
     assert summary["unguarded"] == []
     assert summary["errors"] == {}
+
+
+def wait_for_the_other_worker(chunk: list[int]) -> list[int]:
+    """Hold this chunk's batch until the node's ledger shows another worker's loop (30 s at
+    most), then a second more so the other sees this one; returns, for each item, how many
+    processes held loops in the ledger."""
+    deadline = time.monotonic() + 30
+    while True:
+        group = get_monitor().get_health_status()["group"]
+        pids = {r["pid"] for r in group["reservations"] if r["ledger"] != "process"}
+        if len(pids) >= 2 or time.monotonic() > deadline:
+            time.sleep(1)
+            return [len(pids)] * len(chunk)
+        time.sleep(0.05)
+
+
+def test_workers_on_one_node_plan_on_one_ledger(client: Client) -> None:
+    # Two one-item partitions, one on each worker: each holds its batch until it sees the other.
+    result = guarded_map(client, wait_for_the_other_worker, range(2), partition_size=1, timeout=90)
+    assert result == [2, 2]
+    assert len({p.pid for p in result.partitions}) == 2
+    (node,) = cluster_health(client)["summary"]["nodes"].values()
+    assert sorted(node["workers"]) == sorted(client.scheduler_info()["workers"])
+    assert node["loops"] == node["processes_reserving"] == 0  # the loops ended with the map
+    assert node["host_available_mb"] or node["cgroup_limit_mb"]
 
 
 def test_worker_health_runs_on_each_worker(client: Client) -> None:

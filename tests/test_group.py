@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from test_limits import v1_tree, v2_tree
 
-from zerorag_guard import group
-from zerorag_guard.group import Cgroup
+from zerorag_guard import cgroups, group
+from zerorag_guard.cgroups import Cgroup
 
 MB = 1024 * 1024
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
@@ -27,9 +27,9 @@ def test_v1_working_set_is_usage_less_hierarchical_inactive_file(tmp_path: Path)
     # inactive_file is this cgroup's alone; total_inactive_file takes in its children too.
     tree.file(f"{own}/memory.stat", f"inactive_file {10 * MB}\ntotal_inactive_file {120 * MB}")
     tree.file("/sys/fs/cgroup/memory/job/memory.limit_in_bytes", str(600 * MB))
-    cgroup = group.own_cgroup(str(tree.proc), str(tree.sys))
+    cgroup = cgroups.own_cgroup(str(tree.proc), str(tree.sys))
     assert cgroup == Cgroup("v1", str(tree.sys) + own)
-    assert group.cgroup_working_set(cgroup) == 380 * MB
+    assert cgroups.cgroup_working_set(cgroup) == 380 * MB
     assert group.cgroup_limit(cgroup, str(tree.proc), str(tree.sys)) == 600 * MB  # the parent's
 
 
@@ -40,34 +40,64 @@ def test_v2_working_set_is_current_less_inactive_file(tmp_path: Path) -> None:
     tree.file(f"{own}/memory.stat", f"anon {400 * MB}\nfile {300 * MB}\ninactive_file {250 * MB}")
     tree.file(f"{own}/memory.max", "max")
     tree.file("/sys/fs/cgroup/kubepods/memory.max", str(2048 * MB))
-    cgroup = group.own_cgroup(str(tree.proc), str(tree.sys))
+    cgroup = cgroups.own_cgroup(str(tree.proc), str(tree.sys))
     assert cgroup is not None and cgroup.version == "v2"
-    assert group.cgroup_working_set(cgroup) == 450 * MB
+    assert cgroups.cgroup_working_set(cgroup) == 450 * MB
     assert group.cgroup_limit(cgroup, str(tree.proc), str(tree.sys)) == 2048 * MB
 
 
 def test_missing_or_unreadable_files_read_as_none_or_the_whole_usage(tmp_path: Path) -> None:
     cgroup = Cgroup("v2", str(tmp_path))
-    assert group.cgroup_working_set(cgroup) is None  # no memory.current
+    assert cgroups.cgroup_working_set(cgroup) is None  # no memory.current
     (tmp_path / "memory.current").write_text("garbage\n")
-    assert group.cgroup_working_set(cgroup) is None
+    assert cgroups.cgroup_working_set(cgroup) is None
     (tmp_path / "memory.current").write_text(f"{300 * MB}\n")
-    assert group.cgroup_working_set(cgroup) == 300 * MB  # no memory.stat: all of it counts
+    assert cgroups.cgroup_working_set(cgroup) == 300 * MB  # no memory.stat: all of it counts
     (tmp_path / "memory.stat").write_text("inactive_file lots\n")
-    assert group.cgroup_working_set(cgroup) == 300 * MB
+    assert cgroups.cgroup_working_set(cgroup) == 300 * MB
     (tmp_path / "memory.stat").write_text(f"inactive_file {400 * MB}\n")
-    assert group.cgroup_working_set(cgroup) == 0  # never below zero
+    assert cgroups.cgroup_working_set(cgroup) == 0  # never below zero
     assert group.cgroup_limit(cgroup, str(tmp_path / "no-proc"), str(tmp_path)) is None
+
+
+def test_a_batchs_working_set_reads_the_page_cache_again_only_when_it_matters(
+    tmp_path: Path,
+) -> None:
+    usage, stat = tmp_path / "memory.current", tmp_path / "memory.stat"
+    now = [0.0]
+    ws = cgroups.WorkingSet(Cgroup("v2", str(tmp_path)), clock=lambda: now[0])
+
+    def reading(usage_mb: int, inactive_mb: int, ceiling_mb: int = 900) -> tuple[float, int]:
+        usage.write_text(f"{usage_mb * MB}\n")
+        stat.write_text(f"anon 1\ninactive_file {inactive_mb * MB}\n")
+        value = ws.read(ceiling_mb * MB)
+        assert value is not None
+        return value / MB, ws.stat_reads
+
+    assert reading(500, 300) == (200, 1)  # the first reading reads the cache
+    # Usage grew by 100 MB within the interval: all of it counts, though 40 MB was new cache.
+    assert reading(600, 340) == (300, 1)
+    # Usage fell: pages left the cgroup (here 100 MB of cache reclaimed), read again at once.
+    assert reading(500, 240) == (260, 2)
+    now[0] += cgroups.INACTIVE_FILE_SECONDS  # stale
+    assert reading(520, 200) == (320, 3)
+    # Usage reached the ceiling: what headroom is left is cache, so it is read every time.
+    assert reading(900, 600) == (300, 4)
+    assert reading(950, 500, ceiling_mb=900) == (450, 5)
+    assert reading(960, 500, ceiling_mb=2000) == (460, 5)  # far from a ceiling: kept
+    assert ws.read() == 460 * MB and ws.stat_reads == 5  # no ceiling given: kept too
+    usage.unlink()
+    assert ws.read(900 * MB) is None
 
 
 def test_no_memory_cgroup_mounted(tmp_path: Path) -> None:
     tree = v1_tree(tmp_path, "/job")  # the mount is named, but its directory does not exist
-    assert group.own_cgroup(str(tree.proc), str(tree.sys)) is None
+    assert cgroups.own_cgroup(str(tree.proc), str(tree.sys)) is None
 
 
 @linux_only
 def test_the_real_own_cgroup_working_set_leaves_out_page_cache(tmp_path: Path) -> None:
-    cgroup = group.own_cgroup()
+    cgroup = cgroups.own_cgroup()
     if cgroup is None:
         pytest.skip("no memory cgroup mounted here")
     name = "memory.usage_in_bytes" if cgroup.version == "v1" else "memory.current"
@@ -77,7 +107,7 @@ def test_the_real_own_cgroup_working_set_leaves_out_page_cache(tmp_path: Path) -
         with open(os.path.join(cgroup.path, name)) as f:
             return int(f.read())
 
-    ws_before, usage_before = group.cgroup_working_set(cgroup), usage_now()
+    ws_before, usage_before = cgroups.cgroup_working_set(cgroup), usage_now()
     # 64 MB written and read back, one MB at a time: page cache only, new and so inactive.
     data = tmp_path / "cache"
     with open(data, "wb") as f:
@@ -86,7 +116,7 @@ def test_the_real_own_cgroup_working_set_leaves_out_page_cache(tmp_path: Path) -
     with open(data, "rb") as f:
         while f.read(MB):
             pass
-    working = group.cgroup_working_set(cgroup)
+    working = cgroups.cgroup_working_set(cgroup)
     usage = usage_now()
     assert ws_before is not None and working is not None
     print(f"usage +{(usage - usage_before) / MB:.1f} MB, ws +{(working - ws_before) / MB:.1f} MB")
@@ -188,6 +218,26 @@ def test_mem_available_and_pressure_lines(tmp_path: Path) -> None:
     assert group.pressure_avg10(str(tmp_path / "none")) is None
 
 
+def test_a_batchs_mem_available_takes_off_its_own_growth_between_readings() -> None:
+    now, kernel = [0.0], [4000 * MB]
+    available = group.HostAvailable(lambda: kernel[0], clock=lambda: now[0])
+    assert (available.read(own=100 * MB), available.reads) == (4000 * MB, 1)
+    kernel[0] = 3000 * MB  # the kernel's figure moved; this process grew by 300 MB of it
+    assert (available.read(own=400 * MB), available.reads) == (3700 * MB, 1)
+    assert available.read(own=50 * MB) == 4000 * MB  # shrinking gives nothing back
+    now[0] += group.AVAILABLE_SECONDS
+    assert (available.read(own=400 * MB), available.reads) == (3000 * MB, 2)
+    # Under AVAILABLE_TIGHT it is read every time, however recent the last reading.
+    kernel[0] = 600 * MB
+    assert (available.read(own=3200 * MB), available.reads) == (600 * MB, 3)  # est. 200 MB
+    kernel[0] = 300 * MB
+    assert (available.read(own=3200 * MB), available.reads) == (600 * MB, 3)  # est. 600 MB
+    assert (available.read(own=3300 * MB), available.reads) == (300 * MB, 4)  # est. 500 MB
+    assert (available.read(own=3300 * MB), available.reads) == (300 * MB, 5)
+    kernel[0] = None  # type: ignore[assignment]  # a kernel without MemAvailable
+    assert available.read(own=0) is None and available.read(own=0) is None
+
+
 def test_pressure_file_is_the_v2_cgroups_own_else_the_systems(tmp_path: Path) -> None:
     (tmp_path / "memory.pressure").write_text("some avg10=1.00 avg60=0 avg300=0 total=1\n")
     assert group.pressure_file(Cgroup("v2", str(tmp_path)), "/p") == str(
@@ -214,3 +264,38 @@ def test_a_sampled_window_sees_a_peak_between_its_ends() -> None:
     count = len(seen)
     time.sleep(0.01)
     assert len(seen) == count  # the thread ended with the window
+
+
+# -- the cgroup's peak over a loop ----------------------------------------------------------------
+def test_v2_memory_peak_is_reset_for_this_descriptor_and_read_through_it(tmp_path: Path) -> None:
+    peak_file = tmp_path / "memory.peak"
+    peak_file.write_text(f"{900 * MB}\n")  # the cgroup's peak since its creation
+    peak = cgroups.GroupPeak(Cgroup("v2", str(tmp_path)))
+    assert peak.source == "memory.peak"
+    assert peak_file.read_text().startswith("reset")  # written through the loop's descriptor
+    peak.note(50 * MB)  # a sample never overrides the kernel's own mark
+    # What the kernel would then show through that descriptor: the peak since the reset.
+    peak_file.write_text(f"{300 * MB}\n")
+    assert (peak.close(), peak.source) == (300 * MB, "memory.peak")
+
+
+def test_where_memory_peak_cannot_be_reset_the_peak_is_sampled(tmp_path: Path) -> None:
+    (tmp_path / "memory.peak").mkdir()  # cannot be opened for writing, as on Linux < 6.12
+    older = cgroups.GroupPeak(Cgroup("v2", str(tmp_path)))
+    missing = cgroups.GroupPeak(Cgroup("v2", str(tmp_path / "none")))
+    for peak in (older, missing):
+        for reading in (100 * MB, None, 250 * MB, 200 * MB):
+            peak.note(reading)
+        assert (peak.close(), peak.source) == (250 * MB, "sampled")
+    assert cgroups.GroupPeak(Cgroup("v2", str(tmp_path / "none"))).close() is None
+
+
+def test_v1s_shared_max_usage_is_never_written(tmp_path: Path) -> None:
+    counter = tmp_path / "memory.max_usage_in_bytes"
+    counter.write_text(f"{900 * MB}\n")
+    before = counter.stat()
+    peak = cgroups.GroupPeak(Cgroup("v1", str(tmp_path)))
+    peak.note(120 * MB)
+    assert (peak.close(), peak.source) == (120 * MB, "sampled")
+    after = counter.stat()
+    assert (counter.read_text(), after.st_mtime_ns) == (f"{900 * MB}\n", before.st_mtime_ns)

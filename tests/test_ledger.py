@@ -3,6 +3,7 @@ a file that is corrupt, a symlink or another user's is rebuilt or refused, never
 
 from __future__ import annotations
 
+import fcntl
 import os
 import signal
 import subprocess
@@ -13,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from zerorag_guard.ledger import RECORD, Ledger, Turn
+from zerorag_guard.ledger import RECORD, Ledger, Turn, _start_time
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
 
@@ -88,6 +89,36 @@ def test_a_file_ledger_is_shared_and_a_killed_process_holds_nothing(tmp_path: Pa
     finally:
         child.kill()
         child.wait()
+
+
+@linux_only
+def test_a_plan_that_changes_nothing_takes_no_lock_and_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    path, locks, writes = tmp_path / "ledger.bin", [], []
+    lockf, pwrite = fcntl.lockf, os.pwrite
+    monkeypatch.setattr(fcntl, "lockf", lambda fd, op: (locks.append(op), lockf(fd, op))[1])
+    monkeypatch.setattr(os, "pwrite", lambda fd, b, at: (writes.append(b), pwrite(fd, b, at))[1])
+    ledger = Ledger(path)
+    reserve(ledger, 1, 64)
+    assert (len(locks), len(writes)) == (2, 1)  # the first plan: locked, written
+    for _ in range(5):
+        reserve(ledger, 1, 64)
+    assert (len(locks), len(writes)) == (2, 1)
+    # Another process's reservation appears (pid 1 stands in): seen without the lock.
+    with path.open("ab") as f:
+        f.write(RECORD.pack(1, _start_time(1) or 0, 9, 100))
+    assert reserve(ledger, 1, 64).others_all == 100
+    assert (len(locks), len(writes)) == (2, 1)
+    reserve(ledger, 1, 32)  # a change: planned again under the lock, and written
+    assert (len(locks), len(writes)) == (4, 2)
+    assert {r["loop"]: r["bytes"] for r in ledger.reservations()} == {1: 32, 9: 100}
+    # Another process rebuilt the file (this loop's record is gone): planned under the lock.
+    path.write_bytes(b"")
+    locks.clear()
+    assert reserve(ledger, 1, 32).others_all == 0
+    assert len(locks) == 2
+    assert path.read_bytes() == RECORD.pack(os.getpid(), ledger._me[1], 1, 32)
 
 
 def fake_proc(tmp_path: Path, pid: int, state: str, start: int) -> str:

@@ -15,6 +15,7 @@ pytest.importorskip("prometheus_client")
 from budget_helpers import Steady, monitor_with
 from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
+from test_scope import busy_v2_group
 
 from zerorag_guard import MemoryMonitor, get_monitor, memory_budget, memory_guarded
 from zerorag_guard.integrations.prometheus import GuardCollector, make_registry, serve
@@ -103,6 +104,28 @@ def test_figures_match_the_monitor(quiet_monitor: MemoryMonitor) -> None:
     assert value(process, "operation_seconds_total", operation="ingest") == pytest.approx(
         calls["ingest"]["total_seconds"]
     )
+
+
+def test_the_group_budgets_share_is_exported(tmp_path: Path) -> None:
+    reader = Steady(100)
+    monitor = monitor_with(reader, group=busy_v2_group(tmp_path)[0])
+    with memory_budget(monitor=monitor, batch_size=8) as budget:
+        for i, _ in enumerate(budget.chunks(range(100))):
+            reader.mb = 100 + (8 if i % 2 == 0 else 0)  # each batch's items cost ~1 MB
+            if i == 6:
+                samples = scrape(generate_latest(make_registry(monitor)).decode())
+                held = budget.monitor.group.reservations()
+    assert value(samples, "group_bytes", measure="cgroup_usage") == 650 * MB
+    assert value(samples, "group_bytes", measure="cgroup_working_set") == 100 * MB
+    assert value(samples, "group_bytes", measure="cgroup_limit") == 1000 * MB
+    assert value(samples, "group_bytes", measure="host_available") == 1000 * MB
+    assert value(samples, "memory_pressure_ratio") == 0.125
+    (loop,) = held
+    assert loop["bytes"] > 0
+    assert value(samples, "reserved_bytes", ledger="process") == loop["bytes"]
+    assert value(samples, "reserving_loops", ledger="process") == 1
+    after = scrape(generate_latest(make_registry(monitor)).decode())
+    assert not any(name.endswith(("reserved_bytes", "reserving_loops")) for name, _ in after)
 
 
 def test_rss_of_the_real_process_is_within_a_few_percent() -> None:

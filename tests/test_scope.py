@@ -6,6 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import os
+import signal
+import subprocess
+import sys
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -14,9 +17,10 @@ from budget_helpers import monitor_with
 from test_limits import v2_tree
 
 from zerorag_guard import memory_budget, memory_guarded
-from zerorag_guard.group import Cgroup, GroupReader
+from zerorag_guard.cgroups import Cgroup, GroupPeak
+from zerorag_guard.group import GroupReader
 from zerorag_guard.integrations.vectorstores import guard_store
-from zerorag_guard.ledger import Ledger
+from zerorag_guard.ledger import RECORD, Ledger, _start_time
 from zerorag_guard.limits import EffectiveLimit, Limit
 from zerorag_guard.probes import MB
 from zerorag_guard.scope import HOST_RESERVE, MAX_POLLS
@@ -56,10 +60,10 @@ class FakeGroup:
         self.keys.append(key)
         return self.the_ledger
 
-    def working_set(self) -> Optional[int]:
+    def working_set(self, ceiling: Optional[int] = None) -> Optional[int]:
         return None if self.working_set_mb is None else int(self.working_set_mb * MB)
 
-    def host_available(self) -> Optional[int]:
+    def host_available(self, own: Optional[int] = None) -> Optional[int]:
         return None if self.available_mb is None else int(self.available_mb * MB)
 
     def tree(self, root: int) -> Optional[int]:
@@ -70,6 +74,9 @@ class FakeGroup:
 
     def pressure(self) -> Optional[float]:
         return self.pressure_percent
+
+    def peak(self) -> Optional[GroupPeak]:
+        return None if self.cgroup is None else GroupPeak(self.cgroup)  # sampled: no such file
 
 
 def run(budget: object, reader: ItemCost, n: int = 3000) -> list[int]:
@@ -161,6 +168,25 @@ def test_mem_available_bounds_a_budget_on_a_host_without_a_limit() -> None:
     with memory_budget(2000, batch_size=500, monitor=monitor, scope="process") as budget:
         run(budget, reader, 2000)
     assert max(budget.batch_sizes) == 500  # scope="process" never reads the host
+
+
+def test_share_node_splits_mem_available_with_the_nodes_other_processes(tmp_path: Path) -> None:
+    reader = ItemCost(base_mb=100, cost_mb=2)
+    largest = {}
+    for share in (False, True):
+        group = FakeGroup()
+        group.cgroup, group.available_mb = None, 456  # 200 MB above the reserve
+        # Another process on the node (pid 1 stands in for a worker) holds 60 MB reserved.
+        path = tmp_path / f"node-{share}.bin"
+        path.write_bytes(RECORD.pack(1, _start_time(1) or 0, 1, 60 * MB))
+        group.the_ledger = Ledger(path)
+        monitor = monitor_with(reader, HOST_64G, group, share_node=share)
+        with memory_budget(2000, batch_size=500, monitor=monitor) as budget:
+            run(budget, reader, 1000)
+        largest[share] = max(budget.batch_sizes)
+        assert group.keys == (["node"] if share else [None])
+    # Alone: 80% of 200 MB at 2 MB an item. Shared: min(200 - 60, 200 / 2) = 100 MB, 80% of it.
+    assert largest == {False: 80, True: 40}
 
 
 # -- tree: the process and its descendants -------------------------------------------------------
@@ -263,6 +289,45 @@ def test_a_loop_waits_its_turn_then_takes_the_headroom_released() -> None:
     ]
 
 
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_killed_process_gives_its_headroom_back_to_a_running_loop_within_one_batch(
+    tmp_path: Path,
+) -> None:
+    """A real process holds 600 of the cgroup's 800 MB free in a real ledger file; SIGKILL
+    ends it between two batches of a running loop, and the very next batch plans on all of it."""
+    reader, group = ItemCost(base_mb=100, cost_mb=2), FakeGroup()
+    group.working_set_mb = 100  # 900 MB (90% of the cgroup's 1000) less 100: 800 MB free
+    group.the_ledger = Ledger(tmp_path / "cgroup.bin")
+    holder = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    try:
+        start = _start_time(holder.pid)
+        assert start is not None
+        (tmp_path / "cgroup.bin").write_bytes(RECORD.pack(holder.pid, start, 1, 600 * MB))
+        monitor = monitor_with(reader, CGROUP_1000, group)
+        with memory_budget(batch_size=1000, monitor=monitor) as budget:
+            loop = budget.chunks(range(10_000))
+            sizes = []
+            for batch in loop:
+                sizes.append(len(batch))
+                reader.live = len(batch)
+                monitor.probe.note(reader())
+                reader.live = 0
+                if len(sizes) == 12:
+                    holder.send_signal(signal.SIGKILL)
+                    holder.wait()
+                if len(sizes) == 14:
+                    break
+            reserved = group.the_ledger.reservations()
+    finally:
+        holder.kill()
+        holder.wait()
+    # While it lived: 800 - 600 = 200 MB left, 80% of it at 2 MB an item, batch after batch.
+    assert sizes[8:12] == [80, 80, 80, 80]
+    # The batch after the kill doubled (slow start's most), the one after that to 80% of 800 MB.
+    assert sizes[12:] == [160, 320]
+    assert [r["pid"] for r in reserved] == [os.getpid()]
+
+
 @pytest.mark.parametrize("end", ["finished", "broken off", "raised"])
 def test_a_loops_reservation_ends_with_the_loop(end: str) -> None:
     reader, group = ItemCost(base_mb=100, cost_mb=2), FakeGroup()
@@ -311,15 +376,21 @@ def test_asyncio_tasks_share_the_headroom_and_never_sleep() -> None:
     assert group.the_ledger.reservations() == []
 
 
-def test_the_health_report_shows_the_group_and_who_holds_reservations(tmp_path: Path) -> None:
+def busy_v2_group(tmp_path: Path) -> tuple[GroupReader, str]:
+    """Group readings over a fake v2 tree: a 1000 MB cgroup using 650 MB, 550 of it inactive
+    file cache, PSI at 12.5%, 1000 MB available on the host; returns them and the tree's root."""
     tree = v2_tree(tmp_path, "/job")
     tree.file("/sys/fs/cgroup/job/memory.current", str(650 * MB))
     tree.file("/sys/fs/cgroup/job/memory.stat", f"anon {100 * MB}\ninactive_file {550 * MB}")
     tree.file("/sys/fs/cgroup/job/memory.max", str(1000 * MB))
     tree.file("/sys/fs/cgroup/job/memory.pressure", "some avg10=12.50 avg60=3 avg300=1 total=9")
     (tree.proc / "meminfo").write_text("MemTotal: 2048000 kB\nMemAvailable: 1024000 kB\n")
+    return GroupReader(str(tree.proc), str(tree.sys), ledger=Ledger()), str(tree.sys)
+
+
+def test_the_health_report_shows_the_group_and_who_holds_reservations(tmp_path: Path) -> None:
     reader = ItemCost(base_mb=100, cost_mb=2)
-    group = GroupReader(str(tree.proc), str(tree.sys), ledger=Ledger())
+    group, root = busy_v2_group(tmp_path)
     monitor = monitor_with(reader, CGROUP_1000, group)
     with memory_budget(batch_size=8, monitor=monitor) as budget:
         for i, batch in enumerate(budget.chunks(range(100))):
@@ -330,7 +401,7 @@ def test_the_health_report_shows_the_group_and_who_holds_reservations(tmp_path: 
                 during = monitor.get_health_status()["group"]
     after = monitor.get_health_status()["group"]
     assert during["auto_counts"] == "process RSS and the cgroup's working set"
-    assert during["cgroup"] == {"version": "v2", "path": str(tree.sys) + "/sys/fs/cgroup/job"}
+    assert during["cgroup"] == {"version": "v2", "path": root + "/sys/fs/cgroup/job"}
     assert (during["cgroup_usage_mb"], during["cgroup_working_set_mb"]) == (650.0, 100.0)
     assert during["cgroup_limit_mb"] == 1000.0
     assert during["host_available_mb"] == 1000.0
@@ -340,3 +411,28 @@ def test_the_health_report_shows_the_group_and_who_holds_reservations(tmp_path: 
     assert (loop["ledger"], loop["pid"], loop["bytes"]) == ("process", os.getpid(), 16 * MB)
     assert (during["reserved_mb"], during["processes_reserving"]) == (16.0, 1)
     assert (after["reservations"], after["reserved_mb"]) == ([], 0.0)
+
+
+def test_a_budget_reports_the_cgroups_peak_over_its_loops(tmp_path: Path) -> None:
+    tree = v2_tree(tmp_path, "/job")
+    own = "/sys/fs/cgroup/job"
+    tree.file(f"{own}/memory.current", str(400 * MB))
+    tree.file(f"{own}/memory.stat", f"inactive_file {100 * MB}")
+    tree.file(f"{own}/memory.max", str(1000 * MB))
+    reader = ItemCost(base_mb=100, cost_mb=2)
+    group = GroupReader(str(tree.proc), str(tree.sys), ledger=Ledger())
+    monitor = monitor_with(reader, CGROUP_1000, group)
+    with memory_budget(batch_size=50, monitor=monitor, scope="cgroup") as sampled:
+        run(sampled, reader, 200)
+    # No memory.peak: the highest working set read at a batch's start.
+    assert sampled.stats()["group_peak_mb"] == 300.0
+    assert sampled.stats()["group_peak_source"] == "sampled"
+    tree.file(f"{own}/memory.peak", str(5000 * MB))
+    with memory_budget(batch_size=50, monitor=monitor, scope="cgroup") as exact:
+        for i, _ in enumerate(exact.chunks(range(200))):
+            if i == 1:  # the kernel's peak through the loop's descriptor since it reset it
+                tree.file(f"{own}/memory.peak", str(420 * MB))
+    assert (exact.group_peak_mb, exact.group_peak_source) == (420.0, "memory.peak")
+    with memory_budget(batch_size=50, monitor=monitor, scope="process") as process:
+        run(process, reader, 200)
+    assert (process.group_peak_mb, process.group_peak_source) == (None, None)

@@ -82,8 +82,9 @@ class MemoryBudget:
     """A memory ceiling for a block of work; see :func:`memory_budget` for the arguments.
 
     After (or during) the block: ``peak_mb`` (exact, from the kernel's high-water mark where
-    available), ``processed`` (items whose batch completed: the resume cursor), ``batch_sizes``,
-    ``cleanups`` (a :class:`~zerorag_guard.cleanup.CleanupResult` each) and :meth:`stats`.
+    available), ``group_peak_mb`` (the cgroup's, where the scope counts one), ``processed``
+    (items whose batch completed: the resume cursor), ``batch_sizes``, ``cleanups`` (a
+    :class:`~zerorag_guard.cleanup.CleanupResult` each) and :meth:`stats`.
     """
 
     def __init__(
@@ -137,6 +138,10 @@ class MemoryBudget:
 
     def _reset(self) -> None:
         self.peak_mb = 0.0
+        #: The peak of the cgroup its loops counted (see :class:`~zerorag_guard.cgroups.GroupPeak`),
+        #: in MB, and ``group_peak_source``: ``"memory.peak"`` (exact) or ``"sampled"``.
+        self.group_peak_mb: Optional[float] = None
+        self.group_peak_source: Optional[str] = None
         self.processed = 0
         self.batch_sizes: list[int] = []
         self.cleanups: list[CleanupResult] = []
@@ -295,6 +300,10 @@ class MemoryBudget:
         if mb > self.peak_mb:
             self.peak_mb = mb
 
+    def _note_group_peak(self, peak: Optional[int], source: Optional[str]) -> None:
+        if peak is not None and (self.group_peak_mb is None or peak / MB > self.group_peak_mb):
+            self.group_peak_mb, self.group_peak_source = peak / MB, source
+
     def check(self) -> float:
         """Check memory now against the ceiling and apply the policy; returns RSS in MB.
 
@@ -414,6 +423,8 @@ class MemoryBudget:
             "exceeded": self.exceeded,
             "on_exceed": self.on_exceed,
             "scope": self._settings.scope,
+            "group_peak_mb": None if self.group_peak_mb is None else round(self.group_peak_mb, 1),
+            "group_peak_source": self.group_peak_source,
             "seconds": round(seconds, 3),
         }
 

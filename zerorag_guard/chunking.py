@@ -93,8 +93,9 @@ class _Loop:
         self.sizer.learn(count, start_rss, self.peak, self.limit, window.exact)
 
     def end(self) -> None:
-        """The loop is done (finished, failed or abandoned): its reservation ends."""
-        self.scope.ledger.release(self.scope.loop)
+        """The loop is done (finished, failed or abandoned): its reservation ends, and the
+        cgroup's peak over it goes to the budget."""
+        self.budget._note_group_peak(*self.scope.end())
 
 
 def chunks(

@@ -188,6 +188,9 @@ class GuardConfig:
         100.0,
         True,
     )
+    share_node: bool = _spec(
+        False, PREFIX + "SHARE_NODE", "a boolean (1/0, true/false, yes/no, on/off)", bool
+    )
     use_kernel_peak: bool = _spec(
         True, PREFIX + "USE_KERNEL_PEAK", "a boolean (1/0, true/false, yes/no, on/off)", bool
     )

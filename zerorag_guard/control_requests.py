@@ -17,6 +17,7 @@ from typing import Any, Callable
 from .control_client import setting_name
 from .errors import ConfigError
 from .monitor import MemoryMonitor
+from .probes import MB
 
 logger = logging.getLogger("zerorag_guard")
 
@@ -100,6 +101,11 @@ class Requests:
             "cmdline": _cmdline(),
             "rss_mb": round(self.monitor.rss_mb(), 1),
             "level": self.monitor.level.name,
+            "reserved_mb": round(
+                sum(r["bytes"] for r in self.monitor.group.reservations() if r["pid"] == self.pid)
+                / MB,
+                1,
+            ),
             "version": __version__,
         }
 

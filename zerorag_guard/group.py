@@ -1,9 +1,7 @@
 """Group readings: the memory a budget's scope counts, beyond this process's RSS.
 
 - **cgroup**: the working set of the process's own memory cgroup as the kubelet counts it, usage
-  less the inactive file cache the kernel can reclaim (v1 ``memory.usage_in_bytes`` less
-  ``total_inactive_file`` of ``memory.stat``, which is hierarchical; v2 ``memory.current`` less
-  ``inactive_file``), so page cache never shrinks a batch;
+  less the inactive file cache the kernel can reclaim (:mod:`zerorag_guard.cgroups`);
 - **tree**: this process and all its descendants, each counted by its PSS
   (``/proc/PID/smaps_rollup``): a page shared by *n* processes after ``fork`` counts 1/*n* in
   each, so the sum counts it once. USS would count it in none, and RSS *n* times. PSS costs the
@@ -21,57 +19,14 @@ from __future__ import annotations
 
 import os
 import threading
-from dataclasses import dataclass
+import time
 from typing import Any, Callable, Optional
 
+from .cgroups import Cgroup, GroupPeak, WorkingSet, cgroup_working_set, own_cgroup
 from .ledger import Ledger, known_ledgers, ledger_for
-from .limits import _cgroup_dirs, _read, cgroup_limits, cgroup_usage
+from .limits import _read, cgroup_limits, cgroup_usage
 
 KB = 1024
-
-
-@dataclass(frozen=True)
-class Cgroup:
-    """The process's own memory cgroup: ``version`` (``v1``/``v2``) and its directory."""
-
-    version: str
-    path: str
-
-
-def own_cgroup(proc_root: str = "/proc", sys_root: str = "/") -> Optional[Cgroup]:
-    """The memory cgroup this process is in, where one is mounted."""
-    for version, directory, _ in _cgroup_dirs(proc_root, sys_root):
-        if os.path.isdir(directory):
-            return Cgroup(version, directory)
-    return None
-
-
-def _stat_field(text: Optional[str], name: str) -> Optional[int]:
-    """The value of the ``name N`` line of a ``memory.stat`` (found, not split: once a batch)."""
-    text = text or ""
-    at = text.find(name + " ")
-    while at > 0 and text[at - 1] != "\n":  # "inactive_file" inside "total_inactive_file"
-        at = text.find(name + " ", at + 1)
-    if at < 0:
-        return None
-    end = text.find("\n", at)
-    try:
-        return int(text[at + len(name) + 1 : None if end < 0 else end])
-    except ValueError:
-        return None
-
-
-def cgroup_working_set(
-    cgroup: Cgroup, read: Callable[[str], Optional[str]] = _read
-) -> Optional[int]:
-    """Usage less inactive file cache, in bytes (never below 0); None where usage is unreadable.
-    Without a readable ``memory.stat`` the whole usage counts: too much, never too little."""
-    usage = cgroup_usage(cgroup.version, cgroup.path, read)
-    if usage is None:
-        return None
-    inactive = "total_inactive_file" if cgroup.version == "v1" else "inactive_file"
-    cache = _stat_field(read(os.path.join(cgroup.path, "memory.stat")), inactive) or 0
-    return max(0, usage - max(0, cache))
 
 
 def cgroup_limit(cgroup: Cgroup, proc_root: str = "/proc", sys_root: str = "/") -> Optional[int]:
@@ -155,6 +110,51 @@ def host_available(
 ) -> Optional[int]:
     """``MemAvailable`` in bytes, or None where the kernel does not report it."""
     return _kb_field(read(os.path.join(proc_root, "meminfo")), "MemAvailable")
+
+
+#: ``MemAvailable`` is read again at least this often; in between, this process's own growth
+#: is taken off the last reading (see :class:`HostAvailable`).
+AVAILABLE_SECONDS = 0.1
+#: Below this much estimated ``MemAvailable`` it is read every time.
+AVAILABLE_TIGHT = 512 * KB * KB
+
+
+class HostAvailable:
+    """``MemAvailable`` once a batch, for about 1 µs instead of 20-30 (the kernel writes all of
+    ``/proc/meminfo`` at each read, and a slow system call slows the Python after it).
+
+    Read at most every :data:`AVAILABLE_SECONDS`, and every time once it is under
+    :data:`AVAILABLE_TIGHT`. In between, what this process grew since the reading (its RSS, or
+    its tree's memory, as ``own`` gives it) is taken off the reading: the loop's own batches
+    are never counted on twice. What other programs take in those 100 ms is left to the reserve
+    a budget never plans on (:data:`~zerorag_guard.scope.HOST_RESERVE`, 256 MB).
+    """
+
+    def __init__(
+        self,
+        read: Callable[[], Optional[int]],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._read = read
+        self._clock = clock
+        self._value: Optional[int] = None
+        self._own = 0  # this process's memory at the reading
+        self._then = float("-inf")
+        #: How many times ``/proc/meminfo`` was read (tests count them).
+        self.reads = 0
+
+    def read(self, own: int = 0) -> Optional[int]:
+        """``MemAvailable`` in bytes, less ``own``'s growth since it was read; None where the
+        kernel does not report it."""
+        now = self._clock()
+        value = self._value
+        if value is not None:
+            value -= max(0, own - self._own)
+        if value is None or value < AVAILABLE_TIGHT or now - self._then >= AVAILABLE_SECONDS:
+            self.reads += 1
+            value = self._value = self._read()
+            self._own, self._then = own, now
+        return value
 
 
 class KeptFiles:
@@ -282,8 +282,12 @@ class GroupReader:
         sys_root: str = "/",
         enabled: bool = True,
         ledger: Optional[Ledger] = None,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.enabled = enabled
+        self._clock = clock
+        self._working_set: Optional[WorkingSet] = None
+        self._available: Optional[HostAvailable] = None
         self._proc_root = proc_root
         self._sys_root = sys_root
         self._cgroup: Optional[Cgroup] = None
@@ -304,41 +308,67 @@ class GroupReader:
         nothing keeps one of its own, so budgets on injected monitors never meet real ones."""
         return ledger_for(key) if self._own_ledger is None else self._own_ledger
 
-    def working_set(self) -> Optional[int]:
+    def working_set(self, ceiling: Optional[int] = None) -> Optional[int]:
+        """The cgroup's working set, a batch's reading (see :class:`~.cgroups.WorkingSet` for
+        when its page cache is read again, ``ceiling`` among them); None without a cgroup."""
+        if self._working_set is None:
+            cgroup = self.cgroup
+            if cgroup is None:
+                return None
+            self._working_set = WorkingSet(cgroup, self._files.read, self._clock)
+        return self._working_set.read(ceiling)
+
+    def peak(self) -> Optional[GroupPeak]:
+        """A :class:`GroupPeak` of the process's cgroup from now on, or None without one."""
         cgroup = self.cgroup
-        return None if cgroup is None else cgroup_working_set(cgroup, self._files.read)
+        return None if cgroup is None else GroupPeak(cgroup)
 
     def tree(self, root: int) -> Optional[int]:
         return tree_bytes(root, self._proc_root) if self.enabled else None
 
-    def host_available(self) -> Optional[int]:
-        return host_available(self._proc_root, self._files.read) if self.enabled else None
+    def host_available(self, own: Optional[int] = None) -> Optional[int]:
+        """``MemAvailable``: read now, or with ``own`` (this process's memory now) a batch's
+        reading, read again only when needed (see :class:`HostAvailable`)."""
+        if not self.enabled:
+            return None
+        if own is None:
+            return host_available(self._proc_root, self._files.read)
+        if self._available is None:
+            self._available = HostAvailable(
+                lambda: host_available(self._proc_root, self._files.read), self._clock
+            )
+        return self._available.read(own)
 
     def pressure(self) -> Optional[float]:
         if not self.enabled:
             return None
         return pressure_avg10(pressure_file(self.cgroup, self._proc_root))
 
-    def status(self) -> dict[str, Any]:
-        """The health report's ``group`` section: the cgroup (path, usage, working set,
-        limit), the host's ``MemAvailable``, PSI, and every loop holding a reservation in the
-        ledgers this process uses (its own and its cgroup's, other processes' included)."""
-        cgroup = self.cgroup
-        usage = limit = None
-        if cgroup is not None:
-            usage = cgroup_usage(cgroup.version, cgroup.path)
-            limit = cgroup_limit(cgroup, self._proc_root, self._sys_root)
+    def reservations(self) -> list[dict[str, Any]]:
+        """Every loop holding a reservation in the ledgers this process uses (its own, its
+        cgroup's, the node's; other processes' loops included): ledger, pid, loop, bytes."""
         ledgers = known_ledgers() if self._own_ledger is None else {"": self._own_ledger}
-        loops: list[dict[str, Any]] = [
+        return [
             {"ledger": key or "process", **record}
             for key, ledger in sorted(ledgers.items())
             for record in ledger.reservations()
         ]
+
+    def status(self) -> dict[str, Any]:
+        """The health report's ``group`` section: the cgroup (path, usage, working set,
+        limit), the host's ``MemAvailable``, PSI, and :meth:`reservations`."""
+        cgroup = self.cgroup
+        usage = limit = working_set = None
+        if cgroup is not None:
+            usage = cgroup_usage(cgroup.version, cgroup.path)
+            limit = cgroup_limit(cgroup, self._proc_root, self._sys_root)
+            working_set = cgroup_working_set(cgroup, self._files.read)
+        loops = self.reservations()
         return {
             "enabled": self.enabled,
             "cgroup": None if cgroup is None else {"version": cgroup.version, "path": cgroup.path},
             "cgroup_usage_mb": _mb(usage),
-            "cgroup_working_set_mb": _mb(self.working_set()),
+            "cgroup_working_set_mb": _mb(working_set),
             "cgroup_limit_mb": _mb(limit),
             "host_available_mb": _mb(self.host_available()),
             "pressure_some_avg10": self.pressure(),

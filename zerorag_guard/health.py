@@ -166,7 +166,8 @@ def build(s: Snapshot) -> dict[str, Any]:
             # What a budget's default scope counts here (see zerorag_guard.scope).
             "auto_counts": "process RSS and the cgroup's working set"
             if s.limit.source.startswith("cgroup")
-            else "process RSS and the host's MemAvailable",
+            else "process RSS and the host's MemAvailable"
+            + (", shared by the node" if cfg.share_node else ""),
             **s.group,
         },
         "config": cfg.to_dict(),

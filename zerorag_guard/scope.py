@@ -7,16 +7,19 @@
   cgroup's limit (the tighter), shared with every process in the cgroup;
 - ``auto`` (the default): ``process``, and when the effective limit is a cgroup's, also 90% of
   it on the cgroup's working set; on a host with no cgroup limit, ``MemAvailable`` less
-  :data:`HOST_RESERVE` bounds the headroom too.
+  :data:`HOST_RESERVE` bounds the headroom too, shared with the node's other guarded processes
+  when ``share_node`` is on (as :class:`~zerorag_guard.integrations.dask.MemoryGuardPlugin`
+  sets it on Dask workers).
 
 Each batch plans on the tightest headroom, less what the *other* loops sharing it hold reserved
-(in-process loops for RSS, every loop of the cgroup for its working set: see
-:mod:`zerorag_guard.ledger`), and never on more than a fair share of it: the headroom divided
-by the loops sharing it. So sixteen threads under one ceiling each plan on a sixteenth, and a
-loop that starts late is not left what the first ones did not take. When even the fair share
-fits no batch of ``min_batch_size`` at the cost measured, and other loops hold reservations, the
-loop waits its turn (it holds nothing while it waits) for at most :data:`MAX_POLLS` polls of the
-ledger, then takes what fits: no loop waits longer than that for a batch, so none starves.
+(in-process loops for RSS, every loop of the cgroup for its working set or of the node for
+``MemAvailable``: see :mod:`zerorag_guard.ledger`), and never on more than a fair share of it:
+the headroom divided by the loops sharing it. So sixteen threads under one ceiling each plan on
+a sixteenth, and a loop that starts late is not left what the first ones did not take. When even
+the fair share fits no batch of ``min_batch_size`` at the cost measured, and other loops hold
+reservations, the loop waits its turn (it holds nothing while it waits) for at most
+:data:`MAX_POLLS` polls of the ledger, then takes what fits: no loop waits longer than that for a
+batch, so none starves.
 
 The cost per item is learned in the frame the batch is sized in: this process's exact peak
 (``process``, ``cgroup``, ``auto``), or the tree's sampled peak (``tree``).
@@ -29,6 +32,7 @@ import itertools
 import os
 from typing import TYPE_CHECKING, Any, Optional
 
+from .cgroups import GroupPeak
 from .group import SampledWindow
 from .ledger import Ledger, Turn
 from .limits import EFFECTIVE_LIMIT_SHARE
@@ -79,7 +83,12 @@ class Scope:
                 self.group_limit = int(EFFECTIVE_LIMIT_SHARE * limit.bytes)
             self._host = limit.source == "host"
         cgroup = group.cgroup if self.group_limit is not None else None
-        self.ledger: Ledger = group.ledger(None if cgroup is None else f"cgroup:{cgroup.path}")
+        # share_node: the host's MemAvailable is shared with the node's other guarded processes.
+        self._node = self._host and monitor.config.share_node
+        key = "node" if self._node else None if cgroup is None else f"cgroup:{cgroup.path}"
+        self.ledger: Ledger = group.ledger(key)
+        #: The cgroup's peak over this loop, where this scope counts the cgroup.
+        self.peak: Optional[GroupPeak] = None if cgroup is None else group.peak()
         self.loop = next(_loop_ids)
         self._root = os.getpid()
         self._tree = False  # whether the last reading was the tree's (else RSS)
@@ -106,8 +115,12 @@ class Scope:
     def measure(self, reading: int, ceiling: int) -> tuple[int, int, bool]:
         """Read the group once for this batch; returns what the budget's policy checks:
         (usage, its ceiling, whether usage is ``reading`` itself)."""
-        self._working_set = None if self.group_limit is None else self._group.working_set()
-        self._available = self._group.host_available() if self._host else None
+        self._working_set = (
+            None if self.group_limit is None else self._group.working_set(self.group_limit)
+        )
+        if self.peak is not None:
+            self.peak.note(self._working_set)
+        self._available = self._group.host_available(reading) if self._host else None
         if self.kind == "cgroup" and self._working_set is not None:
             assert self.group_limit is not None
             return self._working_set, self.group_limit, False
@@ -127,7 +140,11 @@ class Scope:
             free = self.group_limit - self._working_set
             heads.append(_share(free, turn.others_all, turn.loops_all))
         if self._available is not None:
-            heads.append(self._available - HOST_RESERVE - turn.others_here)
+            free = self._available - HOST_RESERVE
+            if self._node:
+                heads.append(_share(free, turn.others_all, turn.loops_all))
+            else:
+                heads.append(free - turn.others_here)
         return min(heads)
 
     def reserve(
@@ -158,21 +175,16 @@ class Scope:
         self._limit = limit
         return int(sizer.size_for(reading, limit) * cost)
 
-    def status(self) -> dict[str, Any]:
-        """What this loop's scope counts, for a budget's stats."""
-        return {
-            "scope": self.kind,
-            "working_set_mb": _mb(self._working_set),
-            "group_limit_mb": _mb(self.group_limit),
-            "host_available_mb": _mb(self._available),
-        }
+    def end(self) -> tuple[Optional[int], Optional[str]]:
+        """The loop ended: its reservation ends; returns the cgroup's peak over the loop in
+        bytes and how it was measured (None, None where this scope counts no cgroup)."""
+        self.ledger.release(self.loop)
+        if self.peak is None:
+            return None, None
+        return self.peak.close(), self.peak.source
 
 
 def _share(free: int, reserved: int, loops: int) -> int:
     """The headroom one of ``loops`` loops may plan on: what ``free`` leaves after the others'
     ``reserved`` bytes, and no more than its fair share of ``free``."""
     return min(free - reserved, free // max(1, loops))
-
-
-def _mb(value: Optional[int]) -> Optional[float]:
-    return None if value is None else round(value / MB, 1)

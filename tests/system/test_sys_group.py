@@ -96,6 +96,11 @@ def test_guarded_processes_with_no_limit_keep_their_shared_cgroup_alive(
         assert counts["oom_kill"] in (0, None), rounds[-1]
         if counts["peak_bytes"] is not None:
             assert counts["peak_bytes"] < cg.limit_bytes
+            # Each process's sampled peak of the working set, never above the kernel's peak
+            # of the usage: a process that reset the shared v1 counter would lower it.
+            for report in reports:
+                assert report["group_peak_source"] == "sampled"
+                assert 0 < report["group_peak_mb"] * MB <= counts["peak_bytes"]
     figures.record(
         "group-cgroup",
         limit_mb=SHARED_LIMIT_MB,

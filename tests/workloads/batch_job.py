@@ -68,6 +68,8 @@ def main() -> None:
             "batches": len(budget.batch_sizes),
             "max_batch": max(budget.batch_sizes),
             "cleanups": budget.stats()["cleanups"],
+            "group_peak_mb": budget.group_peak_mb,
+            "group_peak_source": budget.group_peak_source,
         }
     result.update(
         items=seen,

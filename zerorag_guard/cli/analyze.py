@@ -1,5 +1,6 @@
-"""``zerorag-guard analyze``: usage, the effective limit and where it comes from, the current
-thresholds, and the guide's recommendations for this machine or container."""
+"""``zerorag-guard analyze``: usage, the effective limit and where it comes from, the group the
+budgets share, the current thresholds, and the guide's recommendations for this machine or
+container."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from typing import Any
 from ..config import GuardConfig, recommend_config
 from . import _args, _render
 from ._target import health_keys, target_for
+from .report import render_group
 
 #: Settings compared with the recommendation: (field, environment variable).
 COMPARED = (
@@ -54,6 +56,7 @@ def analysis(health: dict[str, Any], limit: dict[str, Any]) -> dict[str, Any]:
         },
         "recommended": {"for_memory_mb": limit["mb"], **_settings(rec)},
         "recommended_changes": changes,
+        "group": health.get("group"),
     }
 
 
@@ -99,6 +102,8 @@ def run(args: argparse.Namespace) -> int:
         ("source", "limit", "detail"),
         [(c["source"], _render.mb(c["bytes"] / 2**20), c["detail"]) for c in limit["candidates"]],
     )
+    if data["group"] is not None:
+        render_group(data["group"])
     now, rec = data["thresholds"], data["recommended"]
     _render.echo(
         f"recommendations are the guide's settings for {_render.mb(rec['for_memory_mb'])}"

@@ -14,8 +14,9 @@ def register(sub: Any) -> None:
     parser = sub.add_parser(
         "ps",
         help="list this user's guarded processes",
-        description="List this user's guarded processes (pid, RSS, level, "
-        "command line); removes sockets left behind by dead processes.",
+        description="List this user's guarded processes (pid, RSS, level, the "
+        "memory their budgets hold reserved in shared ledgers, command line); "
+        "removes sockets left behind by dead processes.",
     )
     _args.add_json(parser)
     parser.set_defaults(func=run)
@@ -32,6 +33,7 @@ def run(args: argparse.Namespace) -> int:
                     "pid": entry["pid"],
                     "rss_mb": None,
                     "level": None,
+                    "reserved_mb": None,
                     "command": None,
                     "error": entry.get("error"),
                 }
@@ -42,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
                     "pid": entry["pid"],
                     "rss_mb": ping["rss_mb"],
                     "level": ping["level"],
+                    "reserved_mb": ping.get("reserved_mb"),  # older versions report none
                     "command": ping["cmdline"],
                     "error": None,
                 }
@@ -54,12 +57,13 @@ def run(args: argparse.Namespace) -> int:
         return 0
     _render.table(
         f"Guarded processes of uid {os.getuid()}",
-        ("PID", "RSS", "LEVEL", "COMMAND"),
+        ("PID", "RSS", "LEVEL", "RESERVED", "COMMAND"),
         [
             (
                 str(r["pid"]),
                 _render.mb(r["rss_mb"]),
                 r["level"] or "-",
+                _render.mb(r["reserved_mb"]),
                 r["command"] or f"({r['error']})",
             )
             for r in rows

@@ -51,6 +51,8 @@ def render(health: dict[str, Any], label: str) -> None:
             ("effective limit", f"{_render.mb(usage['limit_mb'])} ({usage['limit_source']})"),
         ],
     )
+    if "group" in health:  # a process of an older version reports none
+        render_group(health["group"])
     issues = health["health_issues"]
     _render.heading("Health issues" if issues else "Health issues: none")
     for issue in issues:
@@ -74,3 +76,34 @@ def render(health: dict[str, Any], label: str) -> None:
                 for n, o in ops.items()
             ],
         )
+
+
+def render_group(group: dict[str, Any]) -> None:
+    """The health report's ``group`` section: what the budgets' scopes count and who holds
+    reservations in the ledgers this process shares (shared with ``analyze``)."""
+    cgroup = group.get("cgroup")
+    _render.pairs(
+        "Group (what budgets share)",
+        [
+            ("scope auto counts", group.get("auto_counts")),
+            ("cgroup", "-" if cgroup is None else f"{cgroup['path']} ({cgroup['version']})"),
+            ("cgroup usage", _render.mb(group.get("cgroup_usage_mb"))),
+            ("cgroup working set", _render.mb(group.get("cgroup_working_set_mb"))),
+            ("cgroup limit", _render.mb(group.get("cgroup_limit_mb"))),
+            ("host MemAvailable", _render.mb(group.get("host_available_mb"))),
+            ("PSI some avg10", _percent(group.get("pressure_some_avg10"))),
+            ("reserved", _render.mb(group.get("reserved_mb"))),
+            ("processes reserving", group.get("processes_reserving")),
+        ],
+    )
+    loops = group.get("reservations") or []
+    if loops:
+        _render.table(
+            "Loops holding reservations",
+            ("ledger", "pid", "loop", "reserved MB"),
+            [(r["ledger"], r["pid"], r["loop"], round(r["bytes"] / 2**20, 1)) for r in loops],
+        )
+
+
+def _percent(value: Any) -> str:
+    return "-" if value is None else f"{float(value):.1f}%"

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
 import time
 import uuid
 from collections.abc import Iterable, Sequence
@@ -94,6 +95,10 @@ class MemoryGuardPlugin(WorkerPlugin):
     :func:`guard_thresholds` (``anchor``, ``critical_share``, ``main_share``); ``settings`` are
     further :class:`~zerorag_guard.GuardConfig` changes applied on every worker (for example
     ``batch_size=50``). A worker without a memory limit (``None`` or 0) keeps its thresholds.
+    ``share_node`` (on unless ``share_node=False`` is given) makes the workers of one node plan
+    on shares of its memory: the budgets of :func:`guarded_map` reserve their batches in one
+    ledger (the node's ``MemAvailable``, or the container's cgroup), so partitions on
+    different workers never each plan on the node's whole headroom.
     The worker's health is :func:`worker_health` (``client.run(worker_health)``).
     """
 
@@ -109,6 +114,7 @@ class MemoryGuardPlugin(WorkerPlugin):
         **settings: Any,
     ) -> None:
         _check_shares(anchor, critical_share, main_share)
+        settings = {"share_node": True, **settings}
         GuardConfig().replace(**settings)  # a typo fails here, on the client, not on each worker
         self.anchor = anchor
         self.critical_share = critical_share
@@ -159,8 +165,8 @@ def _plugin_of(worker: Worker) -> Optional[MemoryGuardPlugin]:
 
 def worker_health(dask_worker: Optional[Worker] = None) -> dict[str, Any]:
     """This worker's :meth:`~zerorag_guard.MemoryMonitor.get_health_status` plus a ``dask``
-    section: address, status (``running``, ``paused``, ...), memory limit, Dask's marks in MB,
-    and whether the plugin guards it. Run it everywhere with ``client.run(worker_health)``."""
+    section: address, host, status (``running``, ``paused``, ...), memory limit, Dask's marks in
+    MB, and whether the plugin guards it. Run it everywhere with ``client.run(worker_health)``."""
     worker = dask_worker if dask_worker is not None else get_worker()
     health = get_monitor().get_health_status()
     limit = worker.memory_manager.memory_limit
@@ -168,6 +174,7 @@ def worker_health(dask_worker: Optional[Worker] = None) -> dict[str, Any]:
     plugin = _plugin_of(worker)
     health["dask"] = {
         "address": worker.address,
+        "host": socket.gethostname(),
         "status": worker.status.name,
         "memory_limit_mb": round(limit / MB, 1) if limit else None,
         "fractions": fractions,
@@ -187,6 +194,9 @@ def cluster_health(client: Client) -> dict[str, Any]:
     limit (a worker without a Dask limit counts with its effective limit), workers by level and
     by Dask status, the workers not guarded by :class:`MemoryGuardPlugin`, and every health issue
     prefixed with its worker. A worker that could not report is listed under ``errors``.
+    ``summary["nodes"]`` is each node's group, by host name: its workers, its cgroup (path,
+    working set, limit), ``MemAvailable``, PSI, and the loops holding reservations there (each
+    once, though every worker sharing a ledger sees it).
     """
     replies = client.run(worker_health, on_error="return")
     workers: dict[str, dict[str, Any]] = {}
@@ -226,7 +236,41 @@ def _summarize(workers: dict[str, dict[str, Any]], errors: dict[str, str]) -> di
         "unguarded": sorted(a for a, h in workers.items() if not h["dask"]["guarded"]),
         "issues": issues,
         "errors": errors,
+        "nodes": _nodes(workers),
     }
+
+
+def _nodes(workers: dict[str, dict[str, Any]]) -> dict[str, dict[str, Any]]:
+    """Each node's group, from the health reports of its workers."""
+    nodes: dict[str, dict[str, Any]] = {}
+    loops: dict[str, dict[tuple[str, int, int], int]] = {}
+    for address, h in sorted(workers.items()):
+        host, group = h["dask"]["host"], h["group"]
+        node = nodes.setdefault(
+            host,
+            {
+                "workers": [],
+                **{
+                    k: group[k]
+                    for k in (
+                        "cgroup",
+                        "cgroup_working_set_mb",
+                        "cgroup_limit_mb",
+                        "host_available_mb",
+                        "pressure_some_avg10",
+                    )
+                },
+            },
+        )
+        node["workers"].append(address)
+        for r in group["reservations"]:
+            loops.setdefault(host, {})[(r["ledger"], r["pid"], r["loop"])] = r["bytes"]
+    for host, node in nodes.items():
+        held = loops.get(host, {})
+        node["loops"] = len(held)
+        node["processes_reserving"] = len({pid for (_, pid, _), b in held.items() if b})
+        node["reserved_mb"] = round(sum(held.values()) / MB, 1)
+    return nodes
 
 
 # -- guarded_map -------------------------------------------------------------------------------

@@ -45,6 +45,10 @@ _FAMILIES: dict[Any, tuple[str, ...]] = {
         "operation_max_seconds",
         "operation_peak_bytes",
         "last_batch_size",
+        "group_bytes",
+        "memory_pressure_ratio",
+        "reserved_bytes",
+        "reserving_loops",
     ),
     CounterMetricFamily: (
         "cleanups",
@@ -82,7 +86,11 @@ class GuardCollector(Collector):
     ``operation_calls_total{operation}``, ``operation_errors_total{operation}``,
     ``operation_seconds_total{operation}``; gauges ``operation_max_seconds{operation}`` and
     ``operation_peak_bytes{operation}``; the histogram ``batch_size`` (items per batch of every
-    budget's ``chunks()``, power-of-two buckets) and the gauge ``last_batch_size``.
+    budget's ``chunks()``, power-of-two buckets) and the gauge ``last_batch_size``; the group
+    budgets share: ``group_bytes{measure}`` (``cgroup_usage``, ``cgroup_working_set``,
+    ``cgroup_limit``, ``host_available``, each where the machine has it),
+    ``memory_pressure_ratio`` (PSI's some avg10), ``reserved_bytes{ledger}`` and
+    ``reserving_loops{ledger}`` (every process's loops in the ledgers this one shares).
     """
 
     def __init__(self, monitor: Optional[MemoryMonitor] = None) -> None:
@@ -174,6 +182,49 @@ class GuardCollector(Collector):
         )
         yield from self._operations(counts["operations"])
         yield from self._batches(counts["batches"])
+        yield from self._group(health["group"])
+
+    @staticmethod
+    def _group(group: dict[str, Any]) -> Iterator[Metric]:
+        """The health report's ``group`` section: what the budgets' scopes count and share."""
+        measures = {
+            "cgroup_usage": group["cgroup_usage_mb"],
+            "cgroup_working_set": group["cgroup_working_set_mb"],
+            "cgroup_limit": group["cgroup_limit_mb"],
+            "host_available": group["host_available_mb"],
+        }
+        yield _by_label(
+            GaugeMetricFamily,
+            "group_bytes",
+            "The group budgets share: the cgroup's usage, working set and limit, MemAvailable.",
+            "measure",
+            {k: v * MB for k, v in measures.items() if v is not None},
+        )
+        pressure = GaugeMetricFamily(
+            f"{PREFIX}_memory_pressure_ratio", "PSI's memory some avg10, as a fraction."
+        )
+        if group["pressure_some_avg10"] is not None:
+            pressure.add_metric([], group["pressure_some_avg10"] / 100)
+        yield pressure
+        held: dict[str, float] = {}
+        loops: dict[str, float] = {}
+        for r in group["reservations"]:
+            held[r["ledger"]] = held.get(r["ledger"], 0) + r["bytes"]
+            loops[r["ledger"]] = loops.get(r["ledger"], 0) + 1
+        yield _by_label(
+            GaugeMetricFamily,
+            "reserved_bytes",
+            "Bytes the live batches of every process sharing a ledger hold reserved.",
+            "ledger",
+            held,
+        )
+        yield _by_label(
+            GaugeMetricFamily,
+            "reserving_loops",
+            "Chunking loops sharing a ledger (this process's and others').",
+            "ledger",
+            loops,
+        )
 
     @staticmethod
     def _operations(ops: dict[str, dict[str, Any]]) -> Iterator[Metric]:
