@@ -449,3 +449,31 @@ def test_monitor_writes_a_png_timeline_and_csv(runtime_dir: Path) -> None:
     assert len(data) > 10_000
     rows = csv.read_text().splitlines()
     assert rows[0] == "seconds,rss_mb,level" and len(rows) > 10
+
+
+def test_report_shows_open_alert_episodes_once_with_their_repeats(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from budget_helpers import Steady, monitor_with
+
+    from zerorag_guard.cli import report
+
+    reader = Steady(1210)
+    monitor = monitor_with(reader)  # 1000 / 1200 MB
+    for mb in (1210, 1100, 1250, 1100, 1230):  # CRITICAL entered once, re-entered twice
+        reader.mb = mb
+        monitor.sample()
+    health = monitor.get_health_status()
+    report.render(health, "test")
+    text = capsys.readouterr().out
+    assert "alerts counted on open episodes instead of raised again: critical 2" in text
+    assert "Open alert episodes" in text
+    (row,) = [line for line in text.splitlines() if "holds" in line]
+    assert [cell.strip() for cell in re.split(r"[│|]", row) if cell.strip()] == [
+        "critical",
+        "memory",
+        "CRITICAL",
+        "2",
+        "1,250.0 MB",
+        "holds",
+    ]

@@ -152,18 +152,91 @@ def test_just_below_each_threshold_keeps_the_level(
         assert monitor.sample().level == level
 
 
-def test_recovery_below_the_release_mark(monitor: MemoryMonitor, readings: Readings) -> None:
+def test_recovery_below_the_release_mark(readings: Readings) -> None:
+    monitor = make_monitor(readings, alert_repeat_seconds=0)  # every fall announced at once
     readings.set(1250)
     monitor.sample()
     readings.set(1139)  # below 1140: leave CRITICAL, still HIGH
     assert monitor.sample().level == Level.HIGH
     readings.set(100)
     assert monitor.sample().level == Level.NORMAL
+    readings.set(1010)
+    monitor.sample()
+    readings.set(900)  # 900 < 950: leaves HIGH for PREVENTIVE
+    monitor.sample()
     assert memory_alerts(monitor) == [
         ("critical", "memory", Level.CRITICAL),
-        ("info", "recovered", Level.HIGH),
-        ("info", "recovered", Level.NORMAL),
+        ("info", "recovered", Level.HIGH),  # CRITICAL's episode: the only one opened
+        ("high", "memory", Level.HIGH),
+        ("info", "recovered", Level.PREVENTIVE),
     ]
+
+
+# -- episodes: one alert when a condition starts, one when it is over ------------------------------
+def test_a_level_that_flaps_is_one_episode_and_one_recovery(
+    monitor: MemoryMonitor, readings: Readings, clock: Clock, caplog: pytest.LogCaptureFixture
+) -> None:
+    assert monitor.config.alert_repeat_seconds == 300
+    heard: list[Alert] = []
+    monitor.add_listener(heard.append)
+    with caplog.at_level(logging.INFO, logger="zerorag_guard"):
+        for mb in (1210, 1100, 1232, 1100, 1205, 1100, 1201):  # re-enters CRITICAL three times
+            readings.set(mb)
+            monitor.sample()
+            clock.advance(10)
+        readings.set(500)  # at t=70 s memory falls for good: back to NORMAL
+        monitor.sample()
+        clock.advance(299)
+        monitor.sample()
+        assert [a.kind for a in heard] == ["memory"]  # not over yet: 299 s below
+        (episode,) = monitor.get_health_status()["alerts"]["episodes"]["open"]
+        assert (episode["level"], episode["repeats"], episode["peak_mb"]) == ("CRITICAL", 3, 1232)
+        clock.advance(1)
+        monitor.sample()
+    assert [(a.severity, a.kind) for a in heard] == [("critical", "memory"), ("info", "recovered")]
+    recovered = heard[-1]
+    assert recovered.message == (
+        "memory at 500.0 MB, back to NORMAL: recovered from CRITICAL after 1 min 10 s, "
+        "peak 1,232 MB, re-entered 3 times"
+    )
+    assert recovered.data == {
+        "recovered_from": "CRITICAL",
+        "episode_seconds": 70.0,
+        "peak_mb": 1232.0,
+        "repeats": 3,
+    }
+    logged = [r.getMessage() for r in caplog.records if r.name == "zerorag_guard"]
+    assert sum("entered CRITICAL" in m for m in logged) == 1
+    assert sum("recovered" in m for m in logged) == 1
+    episodes = monitor.get_health_status()["alerts"]["episodes"]
+    assert episodes["open"] == [] and episodes["recent"][-1]["repeats"] == 3
+    assert episodes["repeats"] == {"critical": 3}
+    assert monitor.get_health_status()["alerts"]["critical"] == 1  # raised once
+
+
+def test_the_same_alert_after_the_window_opens_a_new_episode(
+    monitor: MemoryMonitor, clock: Clock
+) -> None:
+    for _ in range(3):  # at 0, 100 and 200 s
+        monitor.alert("medium", "slow_operation", "ingest took 70 s", operation="ingest")
+        clock.advance(100)
+    monitor.alert("medium", "slow_operation", "query took 70 s", operation="query")  # another
+    clock.advance(99)  # 199 s after the last one
+    monitor.alert("medium", "slow_operation", "ingest took 70 s", operation="ingest")
+    assert [a.message for a in monitor.alerts] == ["ingest took 70 s", "query took 70 s"]
+    clock.advance(300)  # 300 s since the last one: its episode is over
+    monitor.sample()
+    monitor.alert("medium", "slow_operation", "ingest took 80 s", operation="ingest")
+    assert [a.message for a in monitor.alerts][-1] == "ingest took 80 s"
+    recent = monitor.get_health_status()["alerts"]["episodes"]["recent"]
+    assert [(e["subject"], e["repeats"]) for e in recent] == [("ingest", 3), ("query", 0)]
+
+
+def test_a_zero_repeat_window_raises_every_alert(readings: Readings) -> None:
+    monitor = make_monitor(readings, alert_repeat_seconds=0)
+    for _ in range(3):
+        monitor.alert("high", "test", "again")
+    assert len(monitor.alerts) == 3
 
 
 def test_alerts_are_logged(
@@ -209,7 +282,7 @@ def test_sampler_thread_moves_the_level_on_the_first_sample_that_sees_it(
 
 # -- listeners -------------------------------------------------------------------------------------
 def test_listeners_are_called_and_a_raising_one_is_survived(
-    monitor: MemoryMonitor, readings: Readings, caplog: pytest.LogCaptureFixture
+    monitor: MemoryMonitor, readings: Readings, clock: Clock, caplog: pytest.LogCaptureFixture
 ) -> None:
     seen: list[Alert] = []
 
@@ -223,6 +296,8 @@ def test_listeners_are_called_and_a_raising_one_is_survived(
         monitor.sample()
         monitor.tick()
         readings.set(100)
+        monitor.sample()
+        clock.advance(monitor.config.alert_repeat_seconds)  # the episode is over
         monitor.sample()
     assert [(a.severity, a.kind) for a in seen] == [("critical", "memory"), ("info", "recovered")]
     assert "listener" in caplog.text and "listener bug" in caplog.text
@@ -270,7 +345,7 @@ def test_slow_operation_alert(monitor: MemoryMonitor) -> None:
     )
 
 
-def test_error_rate_alert_once_until_recovered(monitor: MemoryMonitor) -> None:
+def test_error_rate_alert_once_until_recovered(monitor: MemoryMonitor, clock: Clock) -> None:
     def kinds() -> list[str]:
         return [a.kind for a in monitor.alerts if a.kind == "error_rate"]
 
@@ -287,6 +362,12 @@ def test_error_rate_alert_once_until_recovered(monitor: MemoryMonitor) -> None:
         monitor.record_operation("query", 0.1)  # 10 of 75 = 13%: recovered
     for _ in range(20):
         monitor.record_operation("query", 0.1, error=True)  # 30 of 95 = 32%: failing again
+    assert kinds() == ["error_rate"]  # within the repeat window: counted on its episode
+    for _ in range(60):
+        monitor.record_operation("query", 0.1)  # 30 of 155 = 19%: recovered
+    clock.advance(monitor.config.alert_repeat_seconds)
+    for _ in range(30):
+        monitor.record_operation("query", 0.1, error=True)  # 60 of 185 = 32%: failing again
     assert kinds() == ["error_rate", "error_rate"]
     health = monitor.get_health_status()
     assert any("operation query fails" in issue for issue in health["health_issues"])

@@ -49,7 +49,11 @@ def test_sustained_pressure_is_high_until_it_passes() -> None:
     assert m.sample().level == Level.HIGH  # PSI is read at most once a second
     clock.now += 0.5
     assert m.sample().level == Level.NORMAL
+    assert m.alerts[-1].kind == "pressure"  # the episode is over once quiet for the window
+    clock.now += m.config.alert_repeat_seconds
+    m.sample()
     assert m.alerts[-1].kind == "recovered"
+    assert m.alerts[-1].data["recovered_from"] == "HIGH"
     assert m.under_pressure is False
 
 

@@ -179,6 +179,16 @@ class GuardConfig:
     error_rate_threshold: float = _spec(
         0.2, PREFIX + "ERROR_RATE_THRESHOLD", "a fraction above 0 up to 1, e.g. 0.2", high=1.0
     )
+    alert_repeat_seconds: float = _spec(
+        300.0,
+        PREFIX + "ALERT_REPEAT_SECONDS",
+        "seconds from 0 (every alert raised) to 86400: the same alert again within them is "
+        "counted on its open episode, e.g. 300",
+        float,
+        0.0,
+        86400.0,
+        True,
+    )
     pressure_percent: float = _spec(
         20.0,
         PREFIX + "PRESSURE_PERCENT",

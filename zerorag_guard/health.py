@@ -32,6 +32,7 @@ class Snapshot:
     peak_mb: float
     lifetime_peak_mb: float
     alert_counts: dict[str, int]
+    episodes: dict[str, Any]
     recent_alerts: list[dict[str, Any]]
     operations: dict[str, dict[str, Any]]
     cleanup_counts: dict[str, int]
@@ -154,7 +155,11 @@ def build(s: Snapshot) -> dict[str, Any]:
         },
         "health_issues": issues,
         "operations": s.operations,
-        "alerts": {**{k: v for k, v in s.alert_counts.items()}, "recent": s.recent_alerts},
+        "alerts": {
+            **{k: v for k, v in s.alert_counts.items()},
+            "recent": s.recent_alerts,
+            "episodes": s.episodes,
+        },
         "cleanups": {
             k: {"count": s.cleanup_counts[k], "freed_mb": round(s.freed_bytes[k] / MB, 1)}
             for k in s.cleanup_counts

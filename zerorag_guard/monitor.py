@@ -24,6 +24,7 @@ from . import health
 from .alerts import AlertLog, Listener
 from .cleanup import STRATEGIES, Cleaner, CleanupResult
 from .config import GuardConfig
+from .episodes import Episodes
 from .events import SEVERITY_FOR_LEVEL, Alert, Level, Sample
 from .group import GroupReader, PressureGauge
 from .limits import EffectiveLimit, effective_limit
@@ -75,6 +76,7 @@ class MemoryMonitor:
         self._level = Level.NORMAL
         self._history: collections.deque[Sample] = collections.deque(maxlen=config.history_size)
         self._alerts = AlertLog(config.alert_history_size)
+        self._episodes = Episodes()
         self._ops = OperationLog(config.operation_history_size)
         self._peak_mb = 0.0
         # The latest reading, for callers that may use one a sample interval old (guarded
@@ -157,6 +159,8 @@ class MemoryMonitor:
             level = Level.HIGH  # the kernel is reclaiming hard: act before any limit is hit
         if level != current:
             self._change_level(level, rss, pressed)
+        if self._episodes:
+            self._end_episodes(rss, level)
         sample = Sample(self._clock(), rss / MB, level)
         self._latest = (sample.time, rss)
         self._history.append(sample)
@@ -237,14 +241,28 @@ class MemoryMonitor:
                 rss_mb=rss / MB,
                 level=level,
             )
-        else:
-            self.alert(
-                "info",
-                "recovered",
-                f"memory at {rss / MB:.1f} MB, back to {level.name}",
-                rss_mb=rss / MB,
-                level=level,
-            )
+        # A fall is announced when the episode it ends is over (see zerorag_guard.episodes).
+
+    def _end_episodes(self, rss: int, level: Level) -> None:
+        """Mark the level episodes memory has fallen below; close those over, with one
+        ``recovered`` alert for the highest of them."""
+        now = self._clock()
+        self._episodes.note(rss / MB, level, now, self._wall())
+        over = self._episodes.due(now, self._config.alert_repeat_seconds)
+        if not over:
+            return
+        top = max(over, key=lambda e: e.level)
+        self.alert(
+            "info",
+            "recovered",
+            f"memory at {rss / MB:.1f} MB, back to {level.name}: {top.summary()}",
+            rss_mb=rss / MB,
+            level=level,
+            recovered_from=top.level.name,
+            episode_seconds=round((top.left or now) - top.started, 1),
+            peak_mb=round(top.peak_mb, 1),
+            repeats=top.repeats,
+        )
 
     def alert(
         self,
@@ -256,7 +274,10 @@ class MemoryMonitor:
         level: Optional[Level] = None,
         **data: Any,
     ) -> Alert:
-        """Record an alert, log it on the ``zerorag_guard`` logger and tell every listener."""
+        """Record an alert, log it on the ``zerorag_guard`` logger and tell every listener; or,
+        when the same kind, level and subject was raised within ``alert_repeat_seconds``, count
+        it on that open episode instead (see :mod:`zerorag_guard.episodes`). Returns the alert
+        either way."""
         self._alerts.check_severity(severity)
         item = Alert(
             self._wall(),
@@ -267,7 +288,10 @@ class MemoryMonitor:
             self._level if level is None else level,
             data,
         )
-        self._alerts.emit(item)
+        if kind == "recovered" or self._episodes.admit(
+            item, self._clock(), self._config.alert_repeat_seconds
+        ):
+            self._alerts.emit(item)
         return item
 
     def add_listener(self, callback: Listener) -> Listener:
@@ -390,6 +414,7 @@ class MemoryMonitor:
                 peak_mb=self._peak_mb,
                 lifetime_peak_mb=self._probe.lifetime_peak() / MB,
                 alert_counts=dict(self._alerts.counts),
+                episodes=self._episodes.status(),
                 recent_alerts=[a.to_dict() for a in self._alerts.items()[-5:]],
                 operations=self._ops.to_dict(),
                 cleanup_counts=dict(self._cleanups.counts),
@@ -485,6 +510,7 @@ class MemoryMonitor:
         self._thread = None
         self._cleanups.after_fork()
         self._alerts.after_fork()
+        self._episodes.after_fork()
         self._ops.after_fork()
         self._started_at = self._clock()
         if was_running:

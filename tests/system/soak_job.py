@@ -120,6 +120,7 @@ def main() -> None:
         aggressive_cooldown_seconds=2.0,
         gc_interval_seconds=2.0,
         gc_time_budget=0.5,
+        alert_repeat_seconds=0,  # every alert raised: the listeners and the log work all the time
     )
     monitor.register_cache(lookup)
     seen: dict[str, int] = {}

@@ -41,7 +41,12 @@ class Boom(Exception):
 def monitor(socket_home: Path) -> Iterator[MemoryMonitor]:
     """The process-wide monitor, sampling every 5 ms, control socket in a private directory."""
     m = get_monitor()
-    m.configure(sample_interval=0.005, cleanup_cooldown_seconds=0, aggressive_cooldown_seconds=0)
+    m.configure(
+        sample_interval=0.005,
+        cleanup_cooldown_seconds=0,
+        aggressive_cooldown_seconds=0,
+        alert_repeat_seconds=0,  # every crossing an alert: the listeners are called each time
+    )
     yield m
 
 

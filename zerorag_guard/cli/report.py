@@ -60,6 +60,7 @@ def render(health: dict[str, Any], label: str) -> None:
     alerts = health.get("alerts", {})
     counts = ", ".join(f"{k} {alerts.get(k, 0)}" for k in ("info", "medium", "high", "critical"))
     _render.echo(f"alerts: {counts}")
+    render_episodes(alerts.get("episodes"))
     cleanups = health.get("cleanups", {})
     if cleanups:
         _render.echo(
@@ -75,6 +76,34 @@ def render(health: dict[str, Any], label: str) -> None:
                 (n, o["calls"], o["errors"], round(o["avg_seconds"], 3), o["peak_mb"])
                 for n, o in ops.items()
             ],
+        )
+
+
+def render_episodes(episodes: Any) -> None:
+    """Alert episodes not over yet, each once with how often it came back (an older version
+    of a guarded process reports none)."""
+    if not episodes:
+        return
+    repeats = episodes.get("repeats") or {}
+    if repeats:
+        counted = ", ".join(f"{k} {v}" for k, v in sorted(repeats.items()))
+        _render.echo(f"alerts counted on open episodes instead of raised again: {counted}")
+    rows = [
+        (
+            e["severity"],
+            e["kind"] + (f" ({e['subject']})" if e["subject"] else ""),
+            e["level"],
+            e["repeats"],
+            _render.mb(e["peak_mb"]),
+            "memory below it" if e["left"] is not None else "holds",
+        )
+        for e in episodes.get("open", [])
+    ]
+    if rows:
+        _render.table(
+            "Open alert episodes",
+            ("severity", "kind", "level", "repeats", "peak", "now"),
+            rows,
         )
 
 

@@ -49,11 +49,13 @@ _FAMILIES: dict[Any, tuple[str, ...]] = {
         "memory_pressure_ratio",
         "reserved_bytes",
         "reserving_loops",
+        "alert_episodes_open",
     ),
     CounterMetricFamily: (
         "cleanups",
         "freed_bytes",
         "alerts",
+        "alert_repeats",
         "cleanup_queue_overflows",
         "operation_calls",
         "operation_errors",
@@ -82,7 +84,8 @@ class GuardCollector(Collector):
     ``lifetime_peak_rss_bytes``, ``limit_bytes{source}``, ``level`` (0 NORMAL .. 3 CRITICAL),
     ``threshold_bytes{threshold}``, ``health_score``, ``health_issues``, ``gc_time_ratio``,
     ``sampler_running``; counters ``cleanups_total{strategy}``, ``freed_bytes_total{strategy}``,
-    ``alerts_total{severity}``, ``cleanup_queue_overflows_total``,
+    ``alerts_total{severity}``, ``alert_repeats_total{severity}`` (and the gauge
+    ``alert_episodes_open``), ``cleanup_queue_overflows_total``,
     ``operation_calls_total{operation}``, ``operation_errors_total{operation}``,
     ``operation_seconds_total{operation}``; gauges ``operation_max_seconds{operation}`` and
     ``operation_peak_bytes{operation}``; the histogram ``batch_size`` (items per batch of every
@@ -171,9 +174,22 @@ class GuardCollector(Collector):
         yield _by_label(
             CounterMetricFamily,
             "alerts",
-            "Alerts raised, by severity.",
+            "Alerts raised (each episode's first and its recovery), by severity.",
             "severity",
             counts["alerts"],
+        )
+        episodes = health["alerts"]["episodes"]
+        yield _by_label(
+            CounterMetricFamily,
+            "alert_repeats",
+            "Alerts counted on an open episode instead of raised again, by severity.",
+            "severity",
+            episodes["repeats"],
+        )
+        yield _gauge(
+            "alert_episodes_open",
+            "Alert episodes not over yet (see ZERORAG_GUARD_ALERT_REPEAT_SECONDS).",
+            len(episodes["open"]),
         )
         yield CounterMetricFamily(
             f"{PREFIX}_cleanup_queue_overflows",
