@@ -228,6 +228,70 @@ def test_cleanup_policy_shrinks_to_min_batch_before_raising() -> None:
     assert [r.strategy for r in budget.cleanups][-2:] == ["standard", "aggressive"]
 
 
+class FixedCost:
+    """RSS of ``base_mb``; inside a batch, ``fixed_mb`` more whatever its size (a model's
+    working memory): a peak the probe's window sees through :meth:`hold`."""
+
+    def __init__(self, base_mb: float, fixed_mb: float) -> None:
+        self.base, self.fixed, self.live = base_mb, fixed_mb, False
+
+    def __call__(self) -> int:
+        return int((self.base + self.fixed * self.live) * MB)
+
+    def hold(self, monitor: object) -> None:
+        self.live = True
+        monitor.probe.note(self())  # type: ignore[attr-defined]
+        self.live = False
+
+
+@pytest.mark.parametrize("aggressive_frees_mb", [0, 40])
+def test_a_budget_no_batch_can_keep_is_said_with_what_one_needs(aggressive_frees_mb: float) -> None:
+    # 300 MB at rest, each batch 80 MB more whatever its size: 380 MB against a 350 MB ceiling.
+    reader = FixedCost(base_mb=300, fixed_mb=80)
+    monitor = monitor_with(reader)
+    freed: list[float] = []
+
+    def frees() -> None:  # a registered cache: what the cleanup gives back, once
+        if aggressive_frees_mb and not freed:
+            freed.append(aggressive_frees_mb)
+            reader.base -= aggressive_frees_mb
+
+    budget = memory_budget(350, batch_size=16, monitor=monitor)
+    monitor.cleaner.register_cache(frees)
+    handed: list[int] = []
+    if aggressive_frees_mb:  # 260 + 80 = 340 MB: the smallest batch fits after the cleanup
+        with budget:
+            for batch in budget.chunks(range(30)):
+                handed += batch
+                reader.hold(monitor)
+        assert handed == list(range(30)) and budget.peak_mb <= 350
+        return
+    with budget, pytest.raises(MemoryBudgetExceeded) as info:
+        for batch in budget.chunks(range(10_000)):
+            handed += batch
+            reader.hold(monitor)
+    error = info.value
+    assert len(budget.batch_sizes) == 2  # the first batch (1 item) peaked over, then one more
+    assert error.smallest_batch == 1 and error.processed == budget.processed == len(handed) == 2
+    assert (error.rss_mb, error.limit_mb) == (380.0, 350.0)
+    assert str(error) == (
+        "memory budget cannot be kept: a batch of 1 item peaks at 380.0 MB; the ceiling is "
+        "350.0 MB (after an aggressive cleanup); 2 items processed, resume from there"
+    )
+    assert [r.strategy for r in budget.cleanups].count("aggressive") == 1
+
+
+def test_warn_says_once_that_the_smallest_batch_is_over_and_goes_on() -> None:
+    reader = FixedCost(base_mb=300, fixed_mb=80)
+    monitor = monitor_with(reader)
+    with memory_budget(350, batch_size=16, on_exceed="warn", monitor=monitor) as budget:
+        for _ in budget.chunks(range(200)):
+            reader.hold(monitor)
+    assert budget.processed == 200
+    (alert,) = [a for a in monitor.alerts if a.kind == "budget"]
+    assert alert.message.endswith("a batch of the smallest size peaks at 380.0 MB")
+
+
 # -- nothing lost ---------------------------------------------------------------------------------
 
 

@@ -50,6 +50,15 @@ def test_passages_cover_the_text_in_order_and_stay_near_the_size() -> None:
     assert passages[0].startswith('"""Heap queue algorithm')
 
 
+def test_a_budget_below_what_the_process_needs_is_a_one_line_error(tmp_path: Path) -> None:
+    # The command's process alone holds more than 60 MB (Python, chroma, numpy): no batch fits.
+    done = _demo("--budget-mb", "60", "--limit", "5", "--no-plot", cwd=tmp_path)
+    assert done.returncode == 1, done.stderr
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith("zerorag-guard demo: error: memory budget exceeded")
+    assert "limit 60.0 MB" in line and "0 items processed, resume from there" in line
+
+
 def test_sample_query_is_the_opening_of_heapqs_docstring() -> None:
     query = demo.sample_query()
     assert query.startswith("Heap queue algorithm (a.k.a. priority queue).")

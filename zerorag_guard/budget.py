@@ -153,6 +153,8 @@ class MemoryBudget:
         self._started = 0.0
         self._seconds = 0.0
         self._warned = False
+        #: Batches of ``min_batch_size`` in a row whose peak was over the ceiling.
+        self._smallest_over = 0
 
     def _fresh(self) -> MemoryBudget:
         """A new budget with the same (already validated) settings: cheap, for every call."""
@@ -334,6 +336,7 @@ class MemoryBudget:
         if max(rss, batch_peak) <= limit:
             if not routine:
                 return rss
+            self._smallest_over = 0
             level = self.level(rss, limit)
             strategy = CLEANUP_FOR_LEVEL.get(level)
             if strategy is not None and policy == "cleanup" and self.monitor.cleanup_due(strategy):
@@ -342,15 +345,25 @@ class MemoryBudget:
         self.exceeded += 1
         if policy == "raise":
             self._raise(max(rss, batch_peak), limit)
+        smallest = batch_peak > limit and not can_shrink and routine
         if policy == "warn":
             if not self._warned:
                 self._warned = True
-                self.monitor.alert(
-                    "high", "budget", self._describe(max(rss, batch_peak), limit), budget=self.name
-                )
+                text = self._describe(max(rss, batch_peak), limit)
+                if smallest:
+                    text += f": a batch of the smallest size peaks at {batch_peak / MB:,.1f} MB"
+                self.monitor.alert("high", "budget", text, budget=self.name)
             return rss
-        if rss <= limit:  # only the batch peak was over: the sizer halves the next batch
-            return rss
+        if rss <= limit:
+            if not smallest:  # only a batch's peak was over: the sizer halves the next batch
+                return rss
+            # Even a batch of min_batch_size peaked over the ceiling. An aggressive cleanup may
+            # give the memory back (glibc's arenas); if the next smallest batch still peaks over,
+            # no batch can keep the budget: say so, with what one needs, and stop.
+            self._smallest_over += 1
+            if self._smallest_over >= 2:
+                self._raise(batch_peak, limit, smallest=True)
+            return self._cleanup("aggressive")
         for strategy in ("standard", "aggressive"):
             rss = self._cleanup(strategy)
             if rss <= limit:
@@ -382,9 +395,14 @@ class MemoryBudget:
             f"{self.processed} items"
         )
 
-    def _raise(self, rss: int, limit: int) -> None:
+    def _raise(self, rss: int, limit: int, smallest: bool = False) -> None:
         raise MemoryBudgetExceeded(
-            rss / MB, limit / MB, self.processed, self.level(rss, limit).name, self.name
+            rss / MB,
+            limit / MB,
+            self.processed,
+            self.level(rss, limit).name,
+            self.name,
+            smallest_batch=self._settings.min_batch_size if smallest else None,
         )
 
     # -- adaptive chunks --------------------------------------------------------------------------

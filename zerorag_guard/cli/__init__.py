@@ -5,7 +5,8 @@ which adds its parser and sets ``func`` (``args -> exit code``) as the handler. 
 lists them in the order ``--help`` shows them.
 
 Exit codes: 0 success; 1 the command ran but could not do what was asked (an unreachable
-``optimize`` target, a missing optional extra, a failure inside the guarded process); 2 bad usage
+``optimize`` target, a missing optional extra, a failure inside the guarded process, a ``demo``
+budget that no batch can keep); 2 bad usage
 (argparse's own code: an unknown option, negative seconds, a target of 0, a pid that is not a
 positive number or names no running process, a bad ``KEY=VALUE``); 3 the process runs but is not
 guarded (no control socket answers for it). Errors are one line on stderr.
@@ -75,7 +76,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit code (see the module docstring)."""
     from .. import control
     from ..control_client import ControlError, NoSuchProcess, RemoteError
-    from ..errors import ConfigError
+    from ..errors import ConfigError, MemoryBudgetExceeded
     from ._plot import MissingExtra
 
     # The command's own process is not a job to reach: it opens no control socket.
@@ -95,7 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(str(exc), EXIT_USAGE, prog)
     except argparse.ArgumentTypeError as exc:
         return fail(str(exc), EXIT_USAGE, prog)
-    except (MissingExtra, ControlError, OSError) as exc:
+    except (MissingExtra, ControlError, OSError, MemoryBudgetExceeded) as exc:
         return fail(str(exc), EXIT_FAILED, prog)
     except KeyboardInterrupt:
         return 130
