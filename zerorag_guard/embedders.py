@@ -115,7 +115,12 @@ class SentenceTransformerEmbedder:
             ) from None
         self.model: Any = SentenceTransformer(model_path, device=device)
         self.batch_size = batch_size
-        self.dimension = int(self.model.get_sentence_embedding_dimension())
+        # sentence-transformers renamed the method (the old name warns since 5.x).
+        named = getattr(self.model, "get_embedding_dimension", None)
+        dimension = named() if named is not None else self.model.get_sentence_embedding_dimension()
+        if dimension is None:
+            raise ValueError(f"the model at {model_path} reports no embedding dimension")
+        self.dimension = int(dimension)
         self.name = f"sentence-transformers:{os.path.basename(str(model_path).rstrip('/'))}"
 
     def embed_documents(self, texts: Sequence[str]) -> np.ndarray:
