@@ -10,38 +10,19 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import os
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping, Optional
 
 from .errors import ConfigError
+from .units import MAX_MB, as_float, as_int, parse_bool, parse_size_mb
+
+__all__ = ["MAX_MB", "GuardConfig", "parse_bool", "parse_size_mb", "recommend_config"]
 
 logger = logging.getLogger("zerorag_guard")
 
 PREFIX = "ZERORAG_GUARD_"
-#: No process this library guards needs more than 64 TiB: larger figures are typos (an extra
-#: zero, bytes given where megabytes are expected).
-MAX_MB = 64 * 1024 * 1024.0
-_SIZE_RE = re.compile(r"^\s*([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([a-zA-Z]*)\s*$")
-_UNITS_MB = {
-    "": 1.0,
-    "b": 1 / (1024 * 1024),
-    "k": 1 / 1024,
-    "kb": 1 / 1024,
-    "kib": 1 / 1024,
-    "m": 1.0,
-    "mb": 1.0,
-    "mib": 1.0,
-    "g": 1024.0,
-    "gb": 1024.0,
-    "gib": 1024.0,
-    "t": 1024.0 * 1024,
-    "tb": 1024.0 * 1024,
-    "tib": 1024.0 * 1024,
-}
 _DEFAULT_CRITICAL_MB = 1200.0
 
 
@@ -305,74 +286,16 @@ def _check(f: dataclasses.Field[Any], value: Any) -> Any:
     if isinstance(value, bool):
         raise ConfigError(env, value, expected)
     if kind is int:
-        number: float = _as_int(value, env, expected)
+        number: float = as_int(value, env, expected)
     elif f.name.endswith("_mb"):
         number = parse_size_mb(value, env, expected)
     else:
-        number = _as_float(value, env, expected)
+        number = as_float(value, env, expected)
     low, high = meta["low"], meta["high"]
     too_low = number < low if meta["low_inclusive"] else number <= low
     if too_low or number > high:
         raise ConfigError(env, value, expected)
     return kind(number)
-
-
-def _as_float(value: Any, env: str, expected: str) -> float:
-    try:
-        number = float(value.strip() if isinstance(value, str) else value)
-    except (TypeError, ValueError, OverflowError):
-        raise ConfigError(env, value, expected) from None
-    if not math.isfinite(number):
-        raise ConfigError(env, value, expected)
-    return number
-
-
-def _as_int(value: Any, env: str, expected: str) -> int:
-    if isinstance(value, float):
-        if not value.is_integer():
-            raise ConfigError(env, value, expected)
-        return int(value)
-    if isinstance(value, str) and re.fullmatch(r"\s*[+]?[0-9]{1,12}\s*", value):
-        return int(value)
-    if isinstance(value, int):
-        return value
-    raise ConfigError(env, value, expected)
-
-
-def parse_size_mb(
-    value: Any, name: str = "size", expected: str = "a size such as 512, '512 MB' or '1.5 GB'"
-) -> float:
-    """A size in MB from a number (already MB) or a string with a unit: ``"200 MB"``, ``"1.5GiB"``.
-
-    Units are binary whatever their spelling (1 GB = 1024 MB), as memory limits are.
-    """
-    if isinstance(value, bool):
-        raise ConfigError(name, value, expected)
-    if isinstance(value, (int, float)):
-        number = float(value)
-    elif isinstance(value, str):
-        match = _SIZE_RE.match(value)
-        unit = match.group(2).lower() if match else None
-        if match is None or unit not in _UNITS_MB:
-            raise ConfigError(name, value, expected)
-        number = float(match.group(1)) * _UNITS_MB[unit]
-    else:
-        raise ConfigError(name, value, expected)
-    if not math.isfinite(number) or number <= 0 or number > MAX_MB:
-        raise ConfigError(name, value, expected)
-    return number
-
-
-def parse_bool(value: Any, name: str) -> bool:
-    """``True``/``False`` from a bool or the usual spellings (1/0, true/false, yes/no, on/off)."""
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower() if isinstance(value, (str, int)) else None
-    if text in ("1", "true", "yes", "on"):
-        return True
-    if text in ("0", "false", "no", "off"):
-        return False
-    raise ConfigError(name, value, "a boolean (1/0, true/false, yes/no, on/off)")
 
 
 # The guide's table: (at least this much memory in MB, threshold, critical, batch, GC interval).
