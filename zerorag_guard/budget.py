@@ -65,11 +65,11 @@ def default_ceiling_bytes(monitor: MemoryMonitor) -> int:
     effective limit. Cached on the (immutable) settings and limit objects: a guarded call
     reads it on every call."""
     global _ceiling_cache
-    cfg, limit = monitor.config, monitor.effective_limit()
-    cached_cfg, cached_limit, value = _ceiling_cache
-    if cached_cfg is not cfg or cached_limit is not limit:
-        value = int(min(cfg.threshold_mb * MB, EFFECTIVE_LIMIT_SHARE * limit.bytes))
-        _ceiling_cache = (cfg, limit, value)
+    base, limit = monitor.base_thresholds, monitor.effective_limit()
+    cached_base, cached_limit, value = _ceiling_cache
+    if cached_base is not base or cached_limit is not limit:
+        value = int(min(base.main, EFFECTIVE_LIMIT_SHARE * limit.bytes))
+        _ceiling_cache = (base, limit, value)
     return value
 
 
@@ -149,6 +149,7 @@ class MemoryBudget:
         self._entry_rss: Optional[int] = None
         self._parent: Optional[MemoryBudget] = None
         self._token: Optional[Token[Optional[MemoryBudget]]] = None
+        self._allowance: Optional[int] = None  # see MemoryMonitor.allow
         self._window: Any = None
         self._started = 0.0
         self._seconds = 0.0
@@ -205,13 +206,14 @@ class MemoryBudget:
         """The level of ``rss`` against this budget: the monitor's ratios applied to the ceiling
         (critical = the ceiling), or the monitor's own level if that is higher."""
         limit = self.limit_bytes() if limit is None else limit
-        cfg = self.monitor.config
-        main = limit * cfg.threshold_mb / cfg.critical_threshold_mb
+        monitor = self.monitor
+        base = monitor.base_thresholds
+        main = limit * base.main / base.critical
         if rss >= limit:
             own = Level.CRITICAL
         elif rss >= main:
             own = Level.HIGH
-        elif rss >= main * cfg.preventive_ratio:
+        elif rss >= main * monitor.config.preventive_ratio:
             own = Level.PREVENTIVE
         else:
             own = Level.NORMAL
@@ -227,6 +229,9 @@ class MemoryBudget:
         # ContextVar for the others, which keeps a plain guarded call cheap.
         if exact_peak or self._limits_memory:
             self._token = _active.set(self)
+        if self._limits_memory:
+            # Memory under a ceiling the user set is allowed: the monitor's levels follow it.
+            self._allowance = monitor.allow(self.limit_bytes())
         # From here on a failure (a KeyboardInterrupt landing in open_window's /proc reads
         # included) must reset the ContextVar, or a stale budget stays active.
         try:
@@ -247,6 +252,9 @@ class MemoryBudget:
                 self._note_peak(self.monitor.probe.rss_bytes())
         finally:
             # Even if an interrupt lands in the reading above, the budget must stop being active.
+            if self._allowance is not None:
+                self.monitor.disallow(self._allowance)
+                self._allowance = None
             if self._token is not None:
                 try:
                     _active.reset(self._token)

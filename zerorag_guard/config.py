@@ -13,10 +13,10 @@ import logging
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Union
 
 from .errors import ConfigError
-from .units import MAX_MB, as_float, as_int, parse_bool, parse_size_mb
+from .units import AUTO, MAX_MB, as_float, as_int, parse_bool, parse_size_mb, parse_threshold_mb
 
 __all__ = ["MAX_MB", "GuardConfig", "parse_bool", "parse_size_mb", "recommend_config"]
 
@@ -56,11 +56,13 @@ class GuardConfig:
     keyword; change the live settings with :func:`zerorag_guard.configure`.
     """
 
-    threshold_mb: float = _spec(1000.0, "MEMORY_THRESHOLD_MB", "a size in MB above 0, e.g. 1000")
-    critical_threshold_mb: float = _spec(
+    threshold_mb: Union[float, str] = _spec(
+        1000.0, "MEMORY_THRESHOLD_MB", "a size in MB above 0, e.g. 1000, or auto"
+    )
+    critical_threshold_mb: Union[float, str] = _spec(
         _DEFAULT_CRITICAL_MB,
         "MEMORY_CRITICAL_THRESHOLD_MB",
-        "a size in MB above MEMORY_THRESHOLD_MB, e.g. 1200",
+        "a size in MB above MEMORY_THRESHOLD_MB, e.g. 1200, or auto",
     )
     gc_interval_seconds: float = _spec(
         180.0, "GC_INTERVAL_SECONDS", "seconds between 0 and 86400, e.g. 180", high=86400.0
@@ -194,7 +196,10 @@ class GuardConfig:
         given_main, given_critical = self.threshold_mb, self.critical_threshold_mb
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(f, getattr(self, f.name)))
-        if self.critical_threshold_mb > self.threshold_mb:
+        main, critical = self.threshold_mb, self.critical_threshold_mb
+        if AUTO in (main, critical):
+            return  # checked against the machine when derived (zerorag_guard.thresholds)
+        if float(critical) > float(main):
             return
         if self.critical_threshold_mb == _DEFAULT_CRITICAL_MB:
             # Only the main threshold was moved: it is the one to name, not the untouched default.
@@ -211,9 +216,13 @@ class GuardConfig:
         )
 
     @property
-    def preventive_threshold_mb(self) -> float:
-        """The first threshold: ``preventive_ratio`` of the main one (80% by default)."""
-        return self.threshold_mb * self.preventive_ratio
+    def preventive_threshold_mb(self) -> Optional[float]:
+        """The first threshold: ``preventive_ratio`` of the main one (80% by default); None when
+        the main one is ``auto`` (the monitor's :attr:`~zerorag_guard.MemoryMonitor.thresholds`
+        has the value in force)."""
+        if self.threshold_mb == AUTO:
+            return None
+        return float(self.threshold_mb) * self.preventive_ratio
 
     def replace(self, **changes: Any) -> GuardConfig:
         """A copy with ``changes`` applied and validated; unknown names: :class:`ConfigError`."""
@@ -287,6 +296,11 @@ def _check(f: dataclasses.Field[Any], value: Any) -> Any:
         raise ConfigError(env, value, expected)
     if kind is int:
         number: float = as_int(value, env, expected)
+    elif f.name in ("threshold_mb", "critical_threshold_mb"):
+        parsed = parse_threshold_mb(value, env, expected)
+        if parsed == AUTO:
+            return parsed
+        number = float(parsed)
     elif f.name.endswith("_mb"):
         number = parse_size_mb(value, env, expected)
     else:

@@ -128,6 +128,7 @@ class Requests:
             "samples": samples,
             "alerts": [a.to_dict() for a in self.monitor.alerts],
             "config": self.monitor.config.to_dict(),
+            "thresholds": self.monitor.thresholds.to_dict(),
             "limit": self.monitor.effective_limit().to_dict(),
         }
 

@@ -11,6 +11,7 @@ from typing import Any, Optional
 from .config import GuardConfig
 from .events import Level, Sample
 from .limits import EffectiveLimit
+from .thresholds import Thresholds
 
 MB = 1024 * 1024
 _LEVEL_PENALTY = {Level.NORMAL: 0, Level.PREVENTIVE: 10, Level.HIGH: 30, Level.CRITICAL: 60}
@@ -29,6 +30,7 @@ class Snapshot:
     config: GuardConfig
     sample: Sample
     limit: EffectiveLimit
+    thresholds: Thresholds
     peak_mb: float
     lifetime_peak_mb: float
     alert_counts: dict[str, int]
@@ -92,11 +94,12 @@ def build(s: Snapshot) -> dict[str, Any]:
     rss = s.sample.rss_mb
     limit_mb = s.limit.bytes / MB
     issues: list[str] = []
+    t = s.thresholds
+    main_mb, critical_mb = t.main / MB, t.critical / MB
     score = 100 - _LEVEL_PENALTY[s.sample.level]
     if s.sample.level > Level.NORMAL:
         issues.append(
-            f"memory level {s.sample.level.name}: {rss:.1f} MB "
-            f"(main threshold {cfg.threshold_mb:.0f} MB)"
+            f"memory level {s.sample.level.name}: {rss:.1f} MB (main threshold {main_mb:.0f} MB)"
         )
     if rss > 0.9 * limit_mb:
         score -= 20
@@ -104,11 +107,14 @@ def build(s: Snapshot) -> dict[str, Any]:
             f"RSS {rss:.1f} MB is above 90% of the effective limit "
             f"{limit_mb:.0f} MB ({s.limit.source})"
         )
+    if t.problem is not None:
+        score -= 15
+        issues.append(f"thresholds do not fit this machine: {t.problem}")
     for name, value in (
         ("MEMORY_THRESHOLD_MB", cfg.threshold_mb),
         ("MEMORY_CRITICAL_THRESHOLD_MB", cfg.critical_threshold_mb),
     ):
-        if value > limit_mb:
+        if isinstance(value, (int, float)) and value > limit_mb:
             score -= 15
             issues.append(
                 f"{name}={value:g} MB is above the effective limit {limit_mb:.0f} MB "
@@ -146,10 +152,13 @@ def build(s: Snapshot) -> dict[str, Any]:
             "limit_mb": round(limit_mb, 1),
             "limit_source": s.limit.source,
             "limit_detail": s.limit.detail,
-            "threshold_mb": cfg.threshold_mb,
-            "preventive_threshold_mb": round(cfg.preventive_threshold_mb, 1),
-            "critical_threshold_mb": cfg.critical_threshold_mb,
-            "percent_of_threshold": round(100.0 * rss / cfg.threshold_mb, 1),
+            # The thresholds in force: the settings', derived (auto), or a budget's (source).
+            "threshold_mb": main_mb,
+            "preventive_threshold_mb": round(t.preventive / MB, 1),
+            "critical_threshold_mb": critical_mb,
+            "thresholds_source": t.source,
+            "thresholds_why": dict(t.why),
+            "percent_of_threshold": round(100.0 * rss / main_mb, 1),
             "percent_of_limit": round(100.0 * rss / limit_mb, 1) if limit_mb else None,
             "level": s.sample.level.name,
         },

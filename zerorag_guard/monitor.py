@@ -31,10 +31,15 @@ from .limits import EffectiveLimit, effective_limit
 from .operations import OperationLog
 from .probes import MB, MemoryProbe
 from .scheduling import CleanupScheduler
+from .thresholds import ThresholdKeeper, Thresholds, steady_memory
 
 logger = logging.getLogger("zerorag_guard")
 #: How often the sampler re-reads the effective limit (a container can be resized live).
 LIMIT_REFRESH_SECONDS = 30.0
+#: ``auto`` thresholds: the steady memory is the 10th percentile of this many seconds of samples,
+#: looked at this often.
+STEADY_WINDOW_SECONDS = 60.0
+STEADY_EVERY_SECONDS = 5.0
 
 
 class MemoryMonitor:
@@ -72,7 +77,10 @@ class MemoryMonitor:
         self._lock = threading.RLock()
         self._stop = threading.Event()
         self._config = config
-        self._marks = self._compute_marks(config)
+        self._limit: Optional[EffectiveLimit] = None
+        self._limit_read_at = float("-inf")
+        self._thresholds = ThresholdKeeper(config, self.effective_limit(), self._steady(config))
+        self._steady_at = self._clock()
         self._level = Level.NORMAL
         self._history: collections.deque[Sample] = collections.deque(maxlen=config.history_size)
         self._alerts = AlertLog(config.alert_history_size)
@@ -85,26 +93,35 @@ class MemoryMonitor:
         self._held = 0
         self._started_at = self._clock()
         self._last_gc = self._started_at
-        self._limit: Optional[EffectiveLimit] = None
-        self._limit_read_at = float("-inf")
         self._cleanups = CleanupScheduler(
             self._cleaner, self._clock, lambda: self._config, self.alert, self._trim
         )
-
-    @staticmethod
-    def _compute_marks(c: GuardConfig) -> tuple[tuple[int, ...], tuple[int, ...]]:
-        entry = (
-            int(c.preventive_threshold_mb * MB),
-            int(c.threshold_mb * MB),
-            int(c.critical_threshold_mb * MB),
-        )
-        release = tuple(int(m * (1.0 - c.hysteresis_ratio)) for m in entry)
-        return entry, release
 
     # -- settings
     @property
     def config(self) -> GuardConfig:
         return self._config
+
+    @property
+    def thresholds(self) -> Thresholds:
+        """The thresholds in force (see :mod:`zerorag_guard.thresholds`): the settings', derived
+        for ``auto``, or widened by an active budget the user set."""
+        return self._thresholds.current
+
+    @property
+    def base_thresholds(self) -> Thresholds:
+        """The thresholds the settings give on this machine, no budget's widening: the ceiling
+        of a budget given no limit."""
+        return self._thresholds.base
+
+    def allow(self, ceiling: int) -> int:
+        """A budget the user set allows memory up to ``ceiling`` bytes: while it is active the
+        levels follow it (see :mod:`zerorag_guard.thresholds`). Returns the token for
+        :meth:`disallow`."""
+        return self._thresholds.allow(ceiling)
+
+    def disallow(self, token: int) -> None:
+        self._thresholds.disallow(token)
 
     @property
     def probe(self) -> MemoryProbe:
@@ -124,8 +141,9 @@ class MemoryMonitor:
         (:class:`~zerorag_guard.ConfigError` on a bad value, and nothing changes)."""
         with self._lock:
             new = self._config.replace(**changes)
+            # A conflict with the machine (auto) raises here, and nothing changes.
+            self._thresholds.update(new, steady=self._steady(new), strict=True)
             old, self._config = self._config, new
-            self._marks = self._compute_marks(new)
             if new.history_size != old.history_size:
                 self._history = collections.deque(self._history, maxlen=new.history_size)
             if new.alert_history_size != old.alert_history_size:
@@ -148,7 +166,7 @@ class MemoryMonitor:
         comparisons, a few microseconds.
         """
         rss = self._probe.rss_bytes()
-        entry, release = self._marks
+        entry, release = self._thresholds.marks
         level = current = self._level
         while level < Level.CRITICAL and rss >= entry[level]:
             level = Level(level + 1)
@@ -217,7 +235,7 @@ class MemoryMonitor:
             if level == old:
                 return
             self._level = level
-        if level > old and pressed and rss < self._marks[0][Level.HIGH - 1]:
+        if level > old and pressed and rss < self._thresholds.marks[0][Level.HIGH - 1]:
             self.alert(
                 SEVERITY_FOR_LEVEL[level],
                 "pressure",
@@ -229,11 +247,7 @@ class MemoryMonitor:
                 pressure_percent=self._pressure.value,
             )
         elif level > old:
-            threshold = (
-                self._config.preventive_threshold_mb,
-                self._config.threshold_mb,
-                self._config.critical_threshold_mb,
-            )[level - 1]
+            threshold = self._thresholds.current.entries()[level - 1] / MB
             self.alert(
                 SEVERITY_FOR_LEVEL[level],
                 "memory",
@@ -413,6 +427,7 @@ class MemoryMonitor:
                 limit=self.effective_limit(),
                 peak_mb=self._peak_mb,
                 lifetime_peak_mb=self._probe.lifetime_peak() / MB,
+                thresholds=self._thresholds.current,
                 alert_counts=dict(self._alerts.counts),
                 episodes=self._episodes.status(),
                 recent_alerts=[a.to_dict() for a in self._alerts.items()[-5:]],
@@ -490,9 +505,39 @@ class MemoryMonitor:
             if now - self._last_gc >= self._config.gc_interval_seconds:
                 self._last_gc = now
                 self._cleanups.run("light")
-            self.effective_limit()
+            limit = self.effective_limit()
+            if now - self._steady_at >= STEADY_EVERY_SECONDS:
+                self._steady_at = now
+                self._follow_the_machine(limit, now)
         except Exception:
             logger.exception("monitor tick failed; sampling goes on")
+
+    def _steady(self, config: GuardConfig) -> int:
+        """The steady memory ``auto`` thresholds start from: the last minute's samples, or a
+        reading now (none is taken for thresholds set as numbers)."""
+        if "auto" not in (config.threshold_mb, config.critical_threshold_mb):
+            return 0
+        history = getattr(self, "_history", None)
+        recent = [s.rss_mb * MB for s in history or ()]
+        return steady_memory(recent[-int(STEADY_WINDOW_SECONDS / config.sample_interval) :]) or (
+            self._probe.rss_bytes()
+        )
+
+    def _follow_the_machine(self, limit: EffectiveLimit, now: float) -> None:
+        """``auto`` thresholds: derive them again when the limit changed or the steady memory
+        (the 10th percentile of the last minute of samples) moved."""
+        recent = [s.rss_mb * MB for s in self._history if s.time >= now - STEADY_WINDOW_SECONDS]
+        steady = steady_memory(recent)
+        if recent and self._thresholds.moved(limit, steady):
+            self._thresholds.update(limit=limit, steady=steady)
+            t = self._thresholds.base
+            logger.info(
+                "auto thresholds derived again: %.0f / %.0f MB (%s; %s)",
+                t.main / MB,
+                t.critical / MB,
+                t.why["main"],
+                t.why["critical"],
+            )
 
     # -- lifecycle
     def reset(self) -> None:

@@ -12,6 +12,8 @@ from typing import Any
 
 from .errors import ConfigError
 
+#: The value that asks for a threshold derived from the machine (see zerorag_guard.thresholds).
+AUTO = "auto"
 #: No process this library guards needs more than 64 TiB: larger figures are typos (an extra
 #: zero, bytes given where megabytes are expected).
 MAX_MB = 64 * 1024 * 1024.0
@@ -90,3 +92,10 @@ def parse_bool(value: Any, name: str) -> bool:
     if text in ("0", "false", "no", "off"):
         return False
     raise ConfigError(name, value, "a boolean (1/0, true/false, yes/no, on/off)")
+
+
+def parse_threshold_mb(value: Any, name: str, expected: str) -> float | str:
+    """A threshold: a size (:func:`parse_size_mb`) or :data:`AUTO` (any case, spaces around)."""
+    if isinstance(value, str) and value.strip().lower() == AUTO:
+        return AUTO
+    return parse_size_mb(value, name, expected)

@@ -36,24 +36,27 @@ def register(sub: Any) -> None:
 
 def analysis(health: dict[str, Any], limit: dict[str, Any]) -> dict[str, Any]:
     """The analysis as data: recommendations are for the binding limit, not the host's RAM."""
-    config = health["config"]
+    config, usage = health["config"], health["memory_usage"]
     rec = recommend_config(limit["mb"])
     changes = {
         env: _number(getattr(rec, name))
         for name, env in COMPARED
-        if float(getattr(rec, name)) != float(config[name])
+        # A threshold set to auto follows the machine: no number to recommend instead.
+        if config[name] != "auto" and float(getattr(rec, name)) != float(config[name])
     }
     return {
         **health_keys(health),
         "pid": health["pid"],
         "effective_limit": limit,
-        "thresholds": {
-            "preventive_mb": config["preventive_threshold_mb"],
-            "main_mb": config["threshold_mb"],
-            "critical_mb": config["critical_threshold_mb"],
+        "thresholds": {  # in force: the settings', derived for auto, or a budget's
+            "preventive_mb": usage["preventive_threshold_mb"],
+            "main_mb": usage["threshold_mb"],
+            "critical_mb": usage["critical_threshold_mb"],
             "batch_size": config["batch_size"],
             "gc_interval_seconds": config["gc_interval_seconds"],
         },
+        "thresholds_source": usage.get("thresholds_source", "settings"),
+        "thresholds_why": usage.get("thresholds_why", {}),
         "recommended": {"for_memory_mb": limit["mb"], **_settings(rec)},
         "recommended_changes": changes,
         "group": health.get("group"),
@@ -61,10 +64,11 @@ def analysis(health: dict[str, Any], limit: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settings(c: GuardConfig) -> dict[str, Any]:
+    main = float(c.threshold_mb)  # recommend_config gives numbers
     return {
-        "preventive_mb": round(c.preventive_threshold_mb, 1),
-        "main_mb": round(c.threshold_mb, 1),
-        "critical_mb": round(c.critical_threshold_mb, 1),
+        "preventive_mb": round(main * c.preventive_ratio, 1),
+        "main_mb": round(main, 1),
+        "critical_mb": round(float(c.critical_threshold_mb), 1),
         "batch_size": c.batch_size,
         "gc_interval_seconds": c.gc_interval_seconds,
     }
@@ -112,6 +116,10 @@ def run(args: argparse.Namespace) -> int:
     _render.table(
         "Thresholds", ("setting", "current", "recommended"), [(k, now[k], rec[k]) for k in now]
     )
+    if data["thresholds_source"] != "settings":
+        _render.echo(f"thresholds in force: {data['thresholds_source']}")
+        for name, why in data["thresholds_why"].items():
+            _render.echo(f"  {name}: {why}")
     if data["recommended_changes"]:
         _render.echo("to apply the recommendation, set:")
         for env, value in data["recommended_changes"].items():

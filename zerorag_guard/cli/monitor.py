@@ -53,6 +53,8 @@ class Watch:
         self.origin = float(first["now"])
         self.last = self.origin
         self.config: dict[str, Any] = first["config"]
+        # In force (settings, auto or a budget's); an older guarded process sends only config.
+        self.in_force: dict[str, Any] = first.get("thresholds") or first["config"]
         self.limit_mb: float = float(first["limit"]["mb"])
         self.wall_start = time.time()
         self.samples: list[tuple[float, float, str]] = []
@@ -62,6 +64,7 @@ class Watch:
     def poll(self) -> None:
         reply = self.target.request("history", since=self.last)
         self.config = reply["config"]
+        self.in_force = reply.get("thresholds") or reply["config"]
         for t, rss, level in reply["samples"]:
             self.samples.append((round(float(t) - self.origin, 3), float(rss), str(level)))
             self.last = max(self.last, float(t))
@@ -73,7 +76,7 @@ class Watch:
 
     @property
     def thresholds(self) -> dict[str, float]:
-        c = self.config
+        c = self.in_force
         return {
             "preventive": float(c["preventive_threshold_mb"]),
             "main": float(c["threshold_mb"]),

@@ -114,7 +114,6 @@ class GuardCollector(Collector):
         monitor = self.monitor
         health = monitor.get_health_status()  # takes a fresh sample
         counts = monitor.counters()
-        cfg = monitor.config
         limit = monitor.effective_limit()
         usage = health["memory_usage"]
         samples = monitor.history
@@ -141,13 +140,9 @@ class GuardCollector(Collector):
         yield _by_label(
             GaugeMetricFamily,
             "threshold_bytes",
-            "The monitor's thresholds.",
+            "The monitor's thresholds in force (settings, auto, or a budget's).",
             "threshold",
-            {
-                "preventive": int(cfg.preventive_threshold_mb * MB),
-                "main": int(cfg.threshold_mb * MB),
-                "critical": int(cfg.critical_threshold_mb * MB),
-            },
+            dict(zip(("preventive", "main", "critical"), monitor.thresholds.entries())),
         )
         yield _gauge("health_score", "Health score, 0 to 100.", health["health_score"])
         yield _gauge("health_issues", "Health issues reported now.", len(health["health_issues"]))
