@@ -172,6 +172,16 @@ class GuardConfig:
         86400.0,
         True,
     )
+    predict_seconds: float = _spec(
+        30.0,
+        PREFIX + "PREDICT_SECONDS",
+        "seconds from 0 (off) to 3600: a climb that reaches the main or critical threshold "
+        "within them raises a trend alert and cleans up early, e.g. 30",
+        float,
+        0.0,
+        3600.0,
+        True,
+    )
     pressure_percent: float = _spec(
         20.0,
         PREFIX + "PRESSURE_PERCENT",

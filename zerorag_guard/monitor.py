@@ -32,6 +32,7 @@ from .operations import OperationLog
 from .probes import MB, MemoryProbe
 from .scheduling import CleanupScheduler
 from .thresholds import ThresholdKeeper, Thresholds, steady_memory
+from .trend import TrendWatch
 
 logger = logging.getLogger("zerorag_guard")
 #: How often the sampler re-reads the effective limit (a container can be resized live).
@@ -85,6 +86,7 @@ class MemoryMonitor:
         self._history: collections.deque[Sample] = collections.deque(maxlen=config.history_size)
         self._alerts = AlertLog(config.alert_history_size)
         self._episodes = Episodes()
+        self._trend = TrendWatch()
         self._ops = OperationLog(config.operation_history_size)
         self._peak_mb = 0.0
         # The latest reading, for callers that may use one a sample interval old (guarded
@@ -177,6 +179,8 @@ class MemoryMonitor:
             level = Level.HIGH  # the kernel is reclaiming hard: act before any limit is hit
         if level != current:
             self._change_level(level, rss, pressed)
+        if self._config.predict_seconds > 0:
+            self._predict(rss, level)
         if self._episodes:
             self._end_episodes(rss, level)
         sample = Sample(self._clock(), rss / MB, level)
@@ -256,6 +260,28 @@ class MemoryMonitor:
                 level=level,
             )
         # A fall is announced when the episode it ends is over (see zerorag_guard.episodes).
+
+    def _predict(self, rss: int, level: Level) -> None:
+        """Predictive cleanup (see :mod:`zerorag_guard.trend`): a climb that reaches the main or
+        critical threshold within ``predict_seconds`` raises a ``trend`` alert (its level is
+        the one predicted) and runs that level's cleanup now, within the cool-downs."""
+        self._trend.note(self._clock(), rss)
+        marks = self._thresholds.marks[0]
+        seen = self._trend.predict(rss, marks, level, self._config.predict_seconds)
+        if seen is None:
+            return
+        name = "critical" if seen.level == Level.CRITICAL else "main"
+        self.alert(
+            SEVERITY_FOR_LEVEL[seen.level],
+            "trend",
+            f"memory rising {seen.rate / MB:,.1f} MB/s: at {rss / MB:.1f} MB it reaches the "
+            f"{name} threshold {marks[seen.level - 1] / MB:.0f} MB in {seen.seconds:.1f} s",
+            rss_mb=rss / MB,
+            level=seen.level,
+            rate_mb_per_s=round(seen.rate / MB, 1),
+            seconds_left=round(seen.seconds, 1),
+        )
+        self._cleanups.for_level(seen.level)
 
     def _end_episodes(self, rss: int, level: Level) -> None:
         """Mark the level episodes memory has fallen below; close those over, with one
