@@ -158,10 +158,17 @@ def main() -> None:
         run_round(None)
     monitor.cleanup("aggressive")
     base = monitor.rss_mb()
-    # The budget lets a round reach base + 30 MB; the main threshold is at base + 15 MB and the
-    # preventive one just above base: every round raises HIGH, then recovers.
-    monitor.configure(threshold_mb=base + 15, critical_threshold_mb=base + 60)
-    ceiling = base + 30
+    # The main threshold at base + 15 MB is the rounds' budget ceiling (a budget given no limit:
+    # one the user set would govern the levels inside it), and the preventive one is at base +
+    # 5 MB, left below 99% of it: every round (about base + 10 MB) enters PREVENTIVE, and
+    # memory falls back to base between rounds.
+    monitor.configure(
+        threshold_mb=base + 15,
+        critical_threshold_mb=base + 60,
+        preventive_ratio=(base + 5) / (base + 15),
+        hysteresis_ratio=0.01,
+    )
+    ceiling = None
 
     start = time.monotonic()
     last_standard = last_aggressive = start
