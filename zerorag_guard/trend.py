@@ -3,9 +3,11 @@
 The rate is the median of the last :data:`WINDOW` differences between successive samples, per
 second: a steady climb makes every difference count, while a step (a model loaded at once) is one
 difference among many and leaves the median at zero, so a step that then stays flat predicts
-nothing. When the rate brings memory to the main or the critical threshold within the horizon
-(``ZERORAG_GUARD_PREDICT_SECONDS``), the monitor raises a ``trend`` alert with the severity of
-the level it predicts and runs that level's cleanup early (within the cool-downs).
+nothing. A climb is extrapolated no further ahead than it has been seen going on: a second of
+imports at start-up predicts one second, not thirty. When the rate brings memory to the main or
+the critical threshold within that and the horizon (``ZERORAG_GUARD_PREDICT_SECONDS``), the
+monitor raises a ``trend`` alert with the severity of the level it predicts and runs that level's
+cleanup early (within the cool-downs).
 """
 
 from __future__ import annotations
@@ -34,18 +36,24 @@ class TrendWatch:
 
     def __init__(self) -> None:
         self._last: Optional[tuple[float, int]] = None
-        self._rates: collections.deque[float] = collections.deque(maxlen=WINDOW)
+        self._rates: collections.deque[tuple[float, float]] = collections.deque(maxlen=WINDOW)
+        self._since: Optional[float] = None  # when the window began of the climb going on
 
     def note(self, time: float, rss: int) -> None:
         if self._last is not None and time > self._last[0]:
-            self._rates.append((rss - self._last[1]) / (time - self._last[0]))
+            self._rates.append((self._last[0], (rss - self._last[1]) / (time - self._last[0])))
+            rate = self.rate()
+            if rate is None or rate < MIN_RATE:
+                self._since = None
+            elif self._since is None:
+                self._since = self._rates[0][0]
         self._last = (time, rss)
 
     def rate(self) -> Optional[float]:
         """Bytes per second, the median of the window; None until the window is full."""
         if len(self._rates) < WINDOW:
             return None
-        ordered = sorted(self._rates)
+        ordered = sorted(r for _, r in self._rates)
         return (ordered[WINDOW // 2 - 1] + ordered[WINDOW // 2]) / 2
 
     def predict(
@@ -55,16 +63,18 @@ class TrendWatch:
         critical entries) that the climb reaches within ``horizon`` seconds, if it is above
         ``level``; None when nothing is rising toward one."""
         rate = self.rate() if horizon > 0 else None
-        if rate is None or rate < MIN_RATE:
+        if rate is None or rate < MIN_RATE or self._since is None or self._last is None:
             return None
+        reach = min(horizon, self._last[0] - self._since)  # as far ahead as it has gone on
         for target in (Level.CRITICAL, Level.HIGH):
             if target <= level:
                 return None
             seconds = (marks[target - 1] - rss) / rate
-            if 0 < seconds <= horizon:
+            if 0 < seconds <= reach:
                 return Prediction(target, seconds, rate)
         return None
 
     def reset(self) -> None:
         self._last = None
+        self._since = None
         self._rates.clear()
