@@ -265,9 +265,12 @@ class MemoryMonitor:
         """Predictive cleanup (see :mod:`zerorag_guard.trend`): a climb that reaches the main or
         critical threshold within ``predict_seconds`` raises a ``trend`` alert (its level is
         the one predicted) and runs that level's cleanup now, within the cool-downs."""
-        self._trend.note(self._clock(), rss)
+        trend = self._trend
+        trend.note(self._clock(), rss)
+        if trend.rate() is None:
+            return
         marks = self._thresholds.marks[0]
-        seen = self._trend.predict(rss, marks, level, self._config.predict_seconds)
+        seen = trend.predict(rss, marks, level, self._config.predict_seconds)
         if seen is None:
             return
         name = "critical" if seen.level == Level.CRITICAL else "main"

@@ -38,23 +38,29 @@ class TrendWatch:
         self._last: Optional[tuple[float, int]] = None
         self._rates: collections.deque[tuple[float, float]] = collections.deque(maxlen=WINDOW)
         self._since: Optional[float] = None  # when the window began of the climb going on
+        self._rate: Optional[float] = None  # the window's median, as of the last note
 
     def note(self, time: float, rss: int) -> None:
         if self._last is not None and time > self._last[0]:
-            self._rates.append((self._last[0], (rss - self._last[1]) / (time - self._last[0])))
-            rate = self.rate()
-            if rate is None or rate < MIN_RATE:
+            newest = (rss - self._last[1]) / (time - self._last[0])
+            self._rates.append((self._last[0], newest))
+            # The median moves only when the window might be climbing: a flat process skips
+            # the sort (the sampler's readings cost about 2 µs; this keeps them near that).
+            if len(self._rates) < WINDOW or (newest < MIN_RATE and self._since is None):
+                self._rate = None
+            else:
+                ordered = sorted(r for _, r in self._rates)
+                self._rate = (ordered[WINDOW // 2 - 1] + ordered[WINDOW // 2]) / 2
+            if self._rate is None or self._rate < MIN_RATE:
                 self._since = None
             elif self._since is None:
                 self._since = self._rates[0][0]
         self._last = (time, rss)
 
     def rate(self) -> Optional[float]:
-        """Bytes per second, the median of the window; None until the window is full."""
-        if len(self._rates) < WINDOW:
-            return None
-        ordered = sorted(r for _, r in self._rates)
-        return (ordered[WINDOW // 2 - 1] + ordered[WINDOW // 2]) / 2
+        """Bytes per second, the median of the window while it may be climbing; None until the
+        window is full, and while a flat window's newest difference is flat too."""
+        return self._rate
 
     def predict(
         self, rss: int, marks: tuple[int, ...], level: Level, horizon: float
