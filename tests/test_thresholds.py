@@ -163,6 +163,18 @@ def test_inside_a_budget_the_user_set_its_ceiling_governs_the_levels() -> None:
         assert round(monitor.thresholds.critical / MB, 1) == 2048.0
 
 
+def test_the_widest_of_several_budgets_governs_and_the_next_one_when_it_ends() -> None:
+    monitor = monitor_with(Steady(500), CGROUP_2G)
+    wide, narrower = memory_budget(1500, monitor=monitor), memory_budget(1300, monitor=monitor)
+    wide.__enter__()
+    narrower.__enter__()
+    assert round(monitor.thresholds.main / MB) == 1500
+    wide.__exit__(None, None, None)  # the widest ended first: the next one governs
+    assert round(monitor.thresholds.main / MB) == 1300
+    narrower.__exit__(None, None, None)
+    assert monitor.thresholds.source == "settings"
+
+
 def test_a_budget_below_the_thresholds_changes_nothing_and_a_default_budget_neither() -> None:
     monitor = monitor_with(Steady(500))
     with memory_budget(600, monitor=monitor), memory_budget(monitor=monitor) as default:

@@ -229,16 +229,18 @@ class MemoryBudget:
         # ContextVar for the others, which keeps a plain guarded call cheap.
         if exact_peak or self._limits_memory:
             self._token = _active.set(self)
+        limit = None
         if self._limits_memory:
             # Memory under a ceiling the user set is allowed: the monitor's levels follow it.
-            self._allowance = monitor.allow(self.limit_bytes())
+            limit = self.limit_bytes()
+            self._allowance = monitor.allow(limit)
         # From here on a failure (a KeyboardInterrupt landing in open_window's /proc reads
         # included) must reset the ContextVar, or a stale budget stays active.
         try:
             self._window = monitor.probe.open_window() if exact_peak else None
             self._started = time.perf_counter()
             self._note_peak(rss)
-            self._check(rss, can_shrink=False, routine=False)
+            self._check(rss, can_shrink=False, routine=False, limit=limit)
         except BaseException:
             self._exit()
             raise

@@ -55,14 +55,8 @@ def _stat_field(text: Optional[str], name: str) -> Optional[int]:
 def cgroup_working_set(
     cgroup: Cgroup, read: Callable[[str], Optional[str]] = _read
 ) -> Optional[int]:
-    """Usage less inactive file cache, in bytes (never below 0); None where usage is unreadable.
-    Without a readable ``memory.stat`` the whole usage counts: too much, never too little."""
-    usage = cgroup_usage(cgroup.version, cgroup.path, read)
-    if usage is None:
-        return None
-    inactive = "total_inactive_file" if cgroup.version == "v1" else "inactive_file"
-    cache = _stat_field(read(os.path.join(cgroup.path, "memory.stat")), inactive) or 0
-    return max(0, usage - max(0, cache))
+    """Usage less inactive file cache, read now, in bytes (see :meth:`WorkingSet.read`)."""
+    return WorkingSet(cgroup, read).read()
 
 
 class WorkingSet:

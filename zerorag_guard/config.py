@@ -206,10 +206,9 @@ class GuardConfig:
         given_main, given_critical = self.threshold_mb, self.critical_threshold_mb
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(f, getattr(self, f.name)))
-        main, critical = self.threshold_mb, self.critical_threshold_mb
-        if AUTO in (main, critical):
+        if self.auto_thresholds:
             return  # checked against the machine when derived (zerorag_guard.thresholds)
-        if float(critical) > float(main):
+        if float(self.critical_threshold_mb) > float(self.threshold_mb):
             return
         if self.critical_threshold_mb == _DEFAULT_CRITICAL_MB:
             # Only the main threshold was moved: it is the one to name, not the untouched default.
@@ -224,6 +223,11 @@ class GuardConfig:
             given_critical,
             f"a size above MEMORY_THRESHOLD_MB ({self.threshold_mb:g} MB)",
         )
+
+    @property
+    def auto_thresholds(self) -> bool:
+        """Whether either threshold is derived from the machine (see zerorag_guard.thresholds)."""
+        return AUTO in (self.threshold_mb, self.critical_threshold_mb)
 
     @property
     def preventive_threshold_mb(self) -> Optional[float]:

@@ -80,10 +80,10 @@ class MemoryMonitor:
         self._config = config
         self._limit: Optional[EffectiveLimit] = None
         self._limit_read_at = float("-inf")
+        self._history: collections.deque[Sample] = collections.deque(maxlen=config.history_size)
         self._thresholds = ThresholdKeeper(config, self.effective_limit(), self._steady(config))
         self._steady_at = self._clock()
         self._level = Level.NORMAL
-        self._history: collections.deque[Sample] = collections.deque(maxlen=config.history_size)
         self._alerts = AlertLog(config.alert_history_size)
         self._episodes = Episodes()
         self._trend = TrendWatch()
@@ -537,28 +537,28 @@ class MemoryMonitor:
             limit = self.effective_limit()
             if now - self._steady_at >= STEADY_EVERY_SECONDS:
                 self._steady_at = now
-                self._follow_the_machine(limit, now)
+                self._follow_the_machine(limit)
         except Exception:
             logger.exception("monitor tick failed; sampling goes on")
 
     def _steady(self, config: GuardConfig) -> int:
-        """The steady memory ``auto`` thresholds start from: the last minute's samples, or a
-        reading now (none is taken for thresholds set as numbers)."""
-        if "auto" not in (config.threshold_mb, config.critical_threshold_mb):
+        """The steady memory ``auto`` thresholds derive from: the 10th percentile of the last
+        minute of samples, or a reading now before there are any; 0 (nothing read, no history
+        scanned) for thresholds set as numbers."""
+        if not config.auto_thresholds:
             return 0
-        history = getattr(self, "_history", None)
-        recent = [s.rss_mb * MB for s in history or ()]
-        return steady_memory(recent[-int(STEADY_WINDOW_SECONDS / config.sample_interval) :]) or (
-            self._probe.rss_bytes()
-        )
+        since = self._clock() - STEADY_WINDOW_SECONDS
+        recent = [s.rss_mb * MB for s in self._history if s.time >= since]
+        return steady_memory(recent) if recent else self._probe.rss_bytes()
 
-    def _follow_the_machine(self, limit: EffectiveLimit, now: float) -> None:
-        """``auto`` thresholds: derive them again when the limit changed or the steady memory
-        (the 10th percentile of the last minute of samples) moved."""
-        recent = [s.rss_mb * MB for s in self._history if s.time >= now - STEADY_WINDOW_SECONDS]
-        steady = steady_memory(recent)
-        if recent and self._thresholds.moved(limit, steady):
-            self._thresholds.update(limit=limit, steady=steady)
+    def _follow_the_machine(self, limit: EffectiveLimit) -> None:
+        """Derive the thresholds again when the limit changed or, for ``auto``, the steady
+        memory moved."""
+        steady = self._steady(self._config)
+        if not self._thresholds.moved(limit, steady):
+            return
+        self._thresholds.update(limit=limit, steady=steady)
+        if self._config.auto_thresholds:
             t = self._thresholds.base
             logger.info(
                 "auto thresholds derived again: %.0f / %.0f MB (%s; %s)",

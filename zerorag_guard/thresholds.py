@@ -153,6 +153,9 @@ class ThresholdKeeper:
         self._config = config
         self.base = self.current = derive(config, limit, steady)
         self.marks: tuple[tuple[int, ...], tuple[int, ...]] = ((), ())
+        self._widened: Optional[int] = None  # the ceiling ``current`` was widened to, if any
+        # (thresholds, marks) by widening ceiling (None: the base), cleared when the base moves.
+        self._derived: dict[Optional[int], tuple[Thresholds, Any]] = {}
         self.update(config, strict=strict)
 
     def update(
@@ -172,23 +175,38 @@ class ThresholdKeeper:
             raise base.problem
         with self._lock:
             self._config, self._limit, self._steady, self.base = config, limit, steady, base
-            self._apply()
+            self._apply(changed=True)
 
-    def _apply(self) -> None:
+    def _apply(self, changed: bool = False) -> None:
+        """``current`` and ``marks`` for the widest allowance; derived only when that ceiling
+        (or, ``changed``, the base) moved: guarded calls with a limit allow and disallow on
+        every call, and most of them change nothing."""
         widest = max(self._allowed.values(), default=None)
-        current = self.base
-        if widest is not None and widest > current.main:
-            current = derive(self._config, self._limit, self._steady, widest)
-        entry = current.entries()
-        release = tuple(int(m * (1.0 - self._config.hysteresis_ratio)) for m in entry)
-        self.current, self.marks = current, (entry, release)
+        if widest is not None and widest <= self.base.main:
+            widest = None  # a budget below the thresholds widens nothing
+        if changed:
+            self._derived.clear()
+        elif widest == self._widened:
+            return
+        known = self._derived.get(widest)
+        if known is None:
+            current = self.base
+            if widest is not None:
+                current = derive(self._config, self._limit, self._steady, widest)
+            entry = current.entries()
+            release = tuple(int(m * (1.0 - self._config.hysteresis_ratio)) for m in entry)
+            if len(self._derived) >= 64:  # many different ceilings: keep it bounded
+                self._derived.clear()
+            known = self._derived[widest] = (current, (entry, release))
+        (self.current, self.marks), self._widened = known, widest
 
     def moved(self, limit: EffectiveLimit, steady: int) -> bool:
-        """Whether ``auto`` thresholds are to be derived again: the limit changed, or the steady
-        memory moved by more than :data:`STEADY_MOVE`."""
-        if AUTO not in (self._config.threshold_mb, self._config.critical_threshold_mb):
-            return False
-        return limit.bytes != self._limit.bytes or abs(steady - self._steady) > STEADY_MOVE * max(
+        """Whether the thresholds are to be derived again: the limit changed (it caps a budget's
+        widening, and ``auto`` follows it), or the steady memory moved by more than
+        :data:`STEADY_MOVE` (``auto`` only)."""
+        if limit.bytes != self._limit.bytes:
+            return True
+        return self._config.auto_thresholds and abs(steady - self._steady) > STEADY_MOVE * max(
             self._steady, 1
         )
 
@@ -197,10 +215,12 @@ class ThresholdKeeper:
         with self._lock:
             token = next(self._tokens)
             self._allowed[token] = ceiling
-            self._apply()
+            if ceiling > (self._widened or self.base.main):  # else the widest is unchanged
+                self._apply()
             return token
 
     def disallow(self, token: int) -> None:
         with self._lock:
-            if self._allowed.pop(token, None) is not None:
-                self._apply()
+            ended = self._allowed.pop(token, None)
+            if ended is not None and ended == self._widened:
+                self._apply()  # the widest one ended
