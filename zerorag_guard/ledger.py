@@ -29,9 +29,8 @@ import stat
 import struct
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
-from typing import Callable, Optional
+from typing import Callable, Optional, TypeVar
 
 logger = logging.getLogger("zerorag_guard")
 RECORD = struct.Struct("<qqqq")  # pid, start time (clock ticks since boot), loop id, bytes
@@ -63,6 +62,7 @@ def _start_time(pid: int, proc_root: str = "/proc") -> Optional[int]:
 
 
 Records = dict[tuple[int, int], tuple[int, int]]  # (pid, loop) -> (start time, bytes)
+T = TypeVar("T")
 
 
 class Turn:
@@ -182,34 +182,41 @@ class Ledger:
         if len(data) != length:  # most plans replace one record's bytes: the length stays
             os.ftruncate(fd, len(data))
 
-    @contextlib.contextmanager
-    def _records(self) -> Iterator[Records]:
-        """The live records, under the lock; changes to them are kept (in the file if shared)."""
+    def _update(self, change: Callable[[Records], T]) -> T:
+        """``change(records)`` on the live records, under the locks; what it changes is kept (in
+        the file if shared), unless it raises.
+
+        A plain ``with`` on the thread lock, not a generator context manager: a
+        ``KeyboardInterrupt`` landing in a generator's ``__enter__`` after it took the lock, and
+        before the ``with`` had its ``__exit__``, left the lock held until a garbage collection,
+        and the next plan of the same thread waited on it for ever (seen once in 25 runs of
+        ``interrupt_job.py`` on a loaded machine).
+        """
         with self._lock:
             self._identity()
             fd = self._open()
-            if fd is not None:
+            if fd is None:
+                return change(self._table)
+            try:
                 try:
                     fcntl.lockf(fd, fcntl.LOCK_EX)
                 except OSError as err:
-                    fd = self._refuse(f"cannot lock {self._path}: {err}")
-            if fd is None:
-                yield self._table
-                return
-            try:
+                    self._refuse(f"cannot lock {self._path}: {err}")
+                    return change(self._table)
                 try:
                     records, shared = self._load(fd), True
                 except OSError as err:
                     self._refuse(f"cannot read {self._path}: {err}")
                     records, shared = self._table, False
                 loaded = dict(records) if shared else None
-                yield records
+                result = change(records)
                 # A loop whose batch plans what the last one did changes nothing: no write.
                 if shared and (records != loaded or len(records) * RECORD.size != self._length):
                     try:
                         self._store(fd, records, self._length)
                     except OSError as err:
                         self._refuse(f"cannot write {self._path}: {err}")
+                return result
             finally:
                 with contextlib.suppress(OSError):
                     fcntl.lockf(fd, fcntl.LOCK_UN)
@@ -229,7 +236,8 @@ class Ledger:
             nbytes = max(0, int(size_for(Turn(peeked, me))))
             if nbytes == self._held[loop]:
                 return nbytes
-        with self._records() as records:
+
+        def replace(records: Records) -> int:
             pid, start = self._me
             nbytes = max(0, int(size_for(Turn(records, (pid, loop)))))
             records[(pid, loop)] = (start, nbytes)
@@ -237,11 +245,16 @@ class Ledger:
                 self._held[loop] = nbytes
             return nbytes
 
+        return self._update(replace)
+
     def release(self, loop: int) -> None:
         """End this loop's reservation and its share (the loop ended)."""
-        with self._records() as records:
+
+        def end(records: Records) -> None:
             records.pop((self._me[0], loop), None)
             self._held.pop(loop, None)
+
+        self._update(end)
 
     def wait(self) -> None:
         """Pause a loop whose turn it is not (others hold the headroom) before it plans again."""
@@ -249,8 +262,11 @@ class Ledger:
 
     def reservations(self) -> list[dict[str, int]]:
         """Every live loop of the group: pid, loop and the bytes it holds reserved."""
-        with self._records() as records:
-            return [{"pid": p, "loop": lp, "bytes": b} for (p, lp), (_, b) in records.items()]
+        return self._update(
+            lambda records: [
+                {"pid": p, "loop": lp, "bytes": b} for (p, lp), (_, b) in records.items()
+            ]
+        )
 
 
 _ledgers: dict[str, Ledger] = {}

@@ -130,8 +130,9 @@ def test_exception_in_listener(monitor: MemoryMonitor, figures: Figures) -> None
 
     # A budget with no ceiling of its own (a ceiling the user set would govern the levels
     # inside it, and the swing would move nothing); under the swung-down thresholds it is
-    # over its default ceiling, so it only warns.
-    done, cursor, exc = ingest(ITEMS, swing, on_exceed="warn")
+    # over its default ceiling, so it only warns, and its batches stay at 16 (halved to one
+    # item, each sleeping 30 ms, the swing took 11 s, and minutes on a loaded machine).
+    done, cursor, exc = ingest(ITEMS, swing, on_exceed="warn", min_batch_size=16)
     assert exc is None and cursor == len(ITEMS) and done == ITEMS
     assert raised["n"] >= 3 and "recovered" in heard and heard.count("test") == 1
     assert_sampling(monitor)
