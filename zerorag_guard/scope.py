@@ -168,12 +168,16 @@ class Scope:
         self, sizer: BatchSizer, reading: int, ceiling: int, may_wait: bool, turn: Turn
     ) -> int:
         limit = reading + self.headroom(turn, reading, ceiling)
-        cost = sizer.cost_per_item or 0.0
-        if may_wait and turn.others_all and SAFETY * (limit - reading) < cost * sizer.min_size:
+        sizer.share(alone=turn.loops_here == 1 and not self._tree)
+        if (
+            may_wait
+            and turn.others_all
+            and SAFETY * (limit - reading) < sizer.need(sizer.min_size, reading)
+        ):
             self._limit = None
             return 0  # not this loop's turn: it holds nothing while the others finish
         self._limit = limit
-        return int(sizer.size_for(reading, limit) * cost)
+        return sizer.need(sizer.size_for(reading, limit), reading)
 
     def end(self) -> tuple[Optional[int], Optional[str]]:
         """The loop ended: its reservation ends; returns the cgroup's peak over the loop in

@@ -1,30 +1,60 @@
-"""Adaptive batch sizes: learn the memory cost per item, size batches to fit the headroom.
+"""Adaptive batch sizes: fit what a batch costs in memory, size batches to fit the headroom.
 
 Pure arithmetic on byte counts, so it is tested with exact figures. The policy is TCP's:
 
 - slow start: the first batch is ``min_size`` and no batch is more than twice the one before,
   so the budget holds from the first batch even before anything is known of the items;
-- once the cost per item is measured (from each batch's exact peak over the memory it started
-  from), a batch is as large as ``SAFETY`` of the headroom allows, capped at the target size
-  (``max_size`` when one is given);
+- once a cost is measured (from exact peaks), a batch is as large as its planned peak fits in
+  ``SAFETY`` of the room above the floor, capped at the target size (``max_size`` when one is
+  given); past the largest batch measured it grows as that batch's cost, all of it counted per
+  item, allows (and, once ``SETTLE`` batches were measured, at least ``STEP`` further);
 - a batch whose peak came near the limit halves the next one at once, unless it cost what was
-  measured (a batch sized to the headroom by a known cost peaks near the limit by design when
-  the job starts at over half the limit; halving it would halve every other batch).
+  planned (a batch sized to the headroom peaks near the limit by design).
+
+The cost model is the one real workloads need (an embedding model's batch costs much the same
+for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
+
+- **the floor**, the memory a batch cannot reuse. An allocator keeps memory a batch freed, and
+  the next batch reuses it: starts swing up and down while peaks do not. Memory seen to come
+  back down (the largest drop between recent starts) counts as reusable, down to the lowest
+  recent start; memory that only went up (results the job keeps, a store's growing index: a
+  ratchet) does not, so it counts once, in the start, apart from the batch's own peak.
+- **a line**, a fixed cost plus a cost per item, fitted by least squares on the exact peaks
+  over the floor of the last ``WINDOW`` batches. It is exact where the batches were (it goes
+  through their mean), so batches of much the same size need no slope to be sized well. The
+  loop's first batch, which also pays what a first call pays once (thread pools, kernels), is
+  left out once later batches show a cost.
+- **the noise**: the largest ratio of a batch's peak to the line, over the same batches. A
+  batch is planned at the line times that ratio: the worst seen.
+- **no flat cost trusted past what was seen**: a batch larger than any measured is planned at
+  the largest one's cost per item (all of its planned cost counted per item; while fewer than
+  ``SETTLE`` batches were measured, times the noise over the median ratio), so a line that
+  read a cost as flat cannot grow batches faster than their peaks show.
+
+Only a loop alone in its reading (no other loop in the process, no process tree) reuses
+memory and splits its cost in two: with others, another loop's batch is in every reading, and
+all of a batch's cost counts per item.
 """
 
 from __future__ import annotations
 
 import collections
+import math
 from typing import Optional
 
-#: Share of the headroom a batch may plan to use; the rest absorbs items costlier than measured.
+#: Share of the room a batch may plan to use; the rest absorbs batches costlier than measured.
 SAFETY = 0.8
+#: Exact batches after which the line is trusted a step past the largest batch measured.
+SETTLE = 16
 #: A batch peaking above this share of the limit halves the next batch...
 NEAR_LIMIT = 0.9
-#: ... unless its exact cost per item was at most this much above the one it was planned with.
+#: ... unless it peaked at most this much above its plan.
 AS_PLANNED = 1.1
-#: Per-item costs remembered; the largest of them is used, so one cheap batch cannot mislead.
-MEMORY = 4
+#: Exact batches the line and the noise are fitted on; starts the floor is read from.
+WINDOW = 32
+STARTS = WINDOW
+#: Past the largest batch measured, the line is followed this much further at a time.
+STEP = 1.25
 #: Far from the limit, one batch in this many is still measured exactly, to keep learning.
 RELEARN = 8
 
@@ -36,22 +66,133 @@ class BatchSizer:
         self.min_size = min_size
         self.cap = max(max_size or target, min_size)
         self.last = 0
-        self._costs: collections.deque[float] = collections.deque(maxlen=MEMORY)
+        self.alone = True  # see share()
+        self._starts: collections.deque[int] = collections.deque(maxlen=STARTS)
+        self._low = self._high = self._swing = 0  # lowest and highest start, largest drop
+        # (size, bytes over the floor at the peak, whether it was the loop's first batch)
+        self._peaks: collections.deque[tuple[int, int, bool]] = collections.deque(maxlen=WINDOW)
+        self._line: Optional[tuple[float, float]] = None  # (fixed, per item), noise included
+        self._largest = 0  # the largest batch measured exactly
+        self._measured = 0  # batches measured exactly
+        self._spread = False  # whether the sizes seen tell a fixed cost from one per item
+        self._reach = 1.0
         self._halve = False
         self._cheap = 0
         self._exact_max = 0  # the largest batch whose peak was measured exactly
 
+    def share(self, alone: bool) -> None:
+        """Say whether this loop is the only one reading its memory. Alone, its starts swing
+        with its own batches only; with others, another loop's batch is in every reading and
+        no memory to reuse. When that changes, what the window learned no longer holds: it
+        starts again from the last batch measured."""
+        if alone == self.alone:
+            return
+        self.alone = alone
+        self._starts.clear()
+        if self._peaks:
+            size, used, _ = self._peaks[-1]
+            self._peaks.clear()
+            self._peaks.append((size, used, False))
+            self._fit()
+
+    # -- the cost model
     @property
     def cost_per_item(self) -> Optional[float]:
-        """Bytes one item adds to the peak, from recent batches; None until measured."""
-        return max(self._costs) if self._costs else None
+        """Bytes one more item is planned to add to a batch's peak; None until one showed."""
+        return None if self._line is None else self._line[1]
 
+    @property
+    def fixed_cost(self) -> Optional[float]:
+        """Bytes a batch is planned to add over the floor whatever its size; None until known."""
+        return None if self._line is None else self._line[0]
+
+    def floor(self, rss: int) -> int:
+        """What a batch starting at ``rss`` cannot reuse: ``rss`` less the largest drop seen
+        between recent starts (and no lower than the lowest of them); ``rss`` itself unless the
+        loop is :attr:`alone`."""
+        if not self.alone or not self._starts or rss <= self._low:
+            return rss
+        return max(self._low, rss - max(0, self._swing, self._high - rss))
+
+    def predict(self, size: int) -> Optional[float]:
+        """Bytes a batch of ``size`` is planned to peak at over the floor; None until known."""
+        if self._line is None:
+            return None
+        fixed, slope = self._line
+        return max(fixed + slope * size, self._per_item() * size)
+
+    def need(self, size: int, rss: int) -> int:
+        """Bytes a batch of ``size`` is planned to add over ``rss`` at its peak (0 while no
+        cost is known, or when it fits in memory the allocator kept)."""
+        peak = self.predict(size)
+        return 0 if peak is None else max(0, int(self.floor(rss) + peak - rss))
+
+    def _per_item(self) -> float:
+        """Past the largest batch measured, all of its planned cost counts per item."""
+        assert self._line is not None
+        fixed, slope = self._line
+        return fixed / max(1, self._largest) + slope
+
+    def _fit(self) -> None:
+        points = [(n, u) for n, u, first in self._peaks if not first]
+        if not points:  # the first batch alone: its warm-up is no cost once others show one
+            points = [(n, u) for n, u, _ in self._peaks]
+        count = len(points)
+        sn = su = snn = snu = 0.0
+        for n, u in points:
+            sn += n
+            su += u
+            snn += n * n
+            snu += n * u
+        mean_n, mean_u = sn / count, su / count
+        var = snn - sn * mean_n
+        sizes = [n for n, _ in points]
+        self._spread = max(sizes) >= 1.5 * min(sizes)
+        slope = (snu - sn * mean_u) / var if var > 0 else 0.0
+        fixed = mean_u - slope * mean_n
+        if not self.alone or not self._spread:
+            # One size (or sizes too close) tells no fixed cost; with others' batches in the
+            # readings, a cost that does not follow this loop's size may be theirs: all of the
+            # cost counts per item.
+            fixed, slope = 0.0, mean_u / mean_n
+        elif slope < 0:  # flat, within the noise (the larger batches' cost per item caps it)
+            fixed, slope = mean_u, 0.0
+        elif fixed < 0:  # no fixed cost shows: per item, through the origin
+            fixed, slope = 0.0, snu / snn
+        ratios = sorted(u / (v if (v := fixed + slope * n) > 1.0 else 1.0) for n, u in points)
+        noise = max(1.0, ratios[-1])
+        median = (
+            ratios[count // 2] if count % 2 else (ratios[count // 2 - 1] + ratios[count // 2]) / 2
+        )
+        self._reach = min(2.0, max(1.0, noise / max(median, 1e-9)))
+        self._line = fixed * noise, slope * noise
+
+    # -- sizes
     def size_for(self, rss: int, limit: int) -> int:
         """The size :meth:`next_size` would choose, without choosing it."""
         headroom = limit - rss
         grow = self.min_size if self.last == 0 else min(self.cap, 2 * self.last)
-        cost = self.cost_per_item
-        size = grow if cost is None else min(grow, int(SAFETY * headroom / cost))
+        size = grow
+        if self._line is not None:
+            fixed, slope = self._line
+            floor = self.floor(rss)
+            room = SAFETY * (limit - floor)
+            per_item = self._per_item()
+            if room < fixed:
+                size = 0
+            elif slope > 0:
+                size = min(grow, int((room - fixed) / slope))
+            if size > self._largest:  # the line rests on one end: see the module's doc
+                if self._measured >= SETTLE:
+                    size = min(size, max(int(room / per_item), math.ceil(STEP * self._largest)))
+                else:
+                    size = min(size, max(self._largest, int(room / (per_item * self._reach))))
+            probe = min(grow, math.ceil(1.5 * self.min_size))
+            # Stuck at the smallest size, a fixed cost cannot show: try a larger batch once, if
+            # its cost, all of it per item, fits under the limit itself.
+            fits = floor + probe * per_item <= limit
+            if size <= self.min_size and probe > self._largest and self.alone and fits:
+                size = probe
         if self._halve:
             size = min(size, self.last // 2)
         if headroom <= 0:
@@ -72,21 +213,21 @@ class BatchSizer:
         """Whether the next batch must be measured exactly (the kernel's mark, ~100 µs).
 
         It must when the batch is larger than any measured exactly so far, on every
-        ``RELEARN``-th batch, and near the limit: whenever the batch could use a quarter of the
-        headroom at the cost measured (or, with no cost seen yet, above ``NEAR_LIMIT`` of the
-        limit). A cheap measurement (sampled readings) misses spikes; with the batch planned at
-        four times less than the headroom, a cost underestimated even fourfold cannot break the
-        ceiling. A larger batch is where a cost is underestimated most: in CI, a first item of
-        200 KB landed on free memory already resident and measured 4 KB; unmeasured, slow start
-        then doubled to 256 items of 200 KB under 40 MB of headroom.
+        ``RELEARN``-th batch, and near the limit: whenever the batch's planned peak over the
+        floor is more than a quarter of the room above the floor (or, with no cost seen yet,
+        above ``NEAR_LIMIT`` of the limit). A cheap measurement (sampled readings) misses
+        spikes; with the batch planned at four times less than the room, a cost underestimated
+        even fourfold cannot break the ceiling. A larger batch is where a cost is underestimated
+        most: in CI, a first item of 200 KB landed on free memory already resident and measured
+        4 KB; unmeasured, slow start then doubled to 256 items of 200 KB under 40 MB of headroom.
         """
-        cost = self.cost_per_item
+        peak = self.predict(size)
         if size > self._exact_max or self._cheap >= RELEARN - 1:
             exact = True
-        elif cost is None:  # batches of this size were measured and showed no cost
+        elif peak is None:  # batches of this size were measured and showed no cost
             exact = rss > NEAR_LIMIT * limit
         else:
-            exact = 4 * size * cost >= limit - rss
+            exact = 4 * peak >= limit - self.floor(rss)
         if exact:
             self._cheap = 0
             return True
@@ -96,15 +237,27 @@ class BatchSizer:
     def learn(
         self, size: int, start_rss: int, peak_rss: int, limit: int, exact: bool = True
     ) -> None:
-        """Record a finished batch of ``size`` items that peaked at ``peak_rss``. Only exact
-        peaks teach the cost per item; a peak near the limit halves the next batch unless the
-        batch cost what it was planned with."""
-        planned = self.cost_per_item
-        used = max(0, peak_rss - start_rss)
+        """Record a finished batch of ``size`` items that started at ``start_rss`` and peaked at
+        ``peak_rss``. Every start moves the floor; only exact peaks teach the cost; a peak over
+        the limit halves the next batch, and so does one near it unless the batch cost what was
+        planned."""
+        used = max(0, peak_rss - self.floor(start_rss))
+        planned = self.predict(size)
         if size > 0 and exact:
             self._exact_max = max(self._exact_max, size)
+            self._largest = max(self._largest, size)  # a batch that showed no cost counts too
+            self._measured += 1
             if used > 0:  # nothing seen is no cost learned: the items may have reused free memory
-                self._costs.append(used / size)
-        as_planned = exact and planned is not None and used <= AS_PLANNED * planned * size
-        if peak_rss > NEAR_LIMIT * limit and not as_planned:
-            self._halve = True
+                self._peaks.append((size, used, not self._peaks and not self._starts))
+                self._fit()
+        self._starts.append(start_rss)
+        high = swing = 0  # the largest drop from a start to a later one
+        for start in self._starts:
+            if start > high:
+                high = start
+            elif high - start > swing:
+                swing = high - start
+        self._low, self._high, self._swing = min(self._starts), high, swing
+        as_planned = exact and planned is not None and used <= AS_PLANNED * planned
+        if peak_rss > limit or (peak_rss > NEAR_LIMIT * limit and not as_planned):
+            self._halve = True  # over the limit, even as planned (a probe, a step past the line)
