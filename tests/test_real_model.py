@@ -59,3 +59,27 @@ def test_a_ceiling_below_what_one_passage_needs_says_so_with_the_cursor() -> Non
     assert f"limit {result['limit_mb']:.1f} MB" in exceeded["message"] or (
         f"the ceiling is {result['limit_mb']:,.1f} MB" in exceeded["message"]
     )
+
+
+def test_the_demo_with_the_real_model_at_1500_mb_repeats_no_alert_and_stays_healthy(
+    tmp_path: Path,
+) -> None:
+    # The user said 1,500 MB is fine: its budget governs the monitor's levels while it runs,
+    # and an alert that comes back is counted on its episode, not printed again.
+    args = ["--embedder", "minilm", "--limit", "10", "--budget-mb", "1500", "--no-plot", "--json"]
+    done = subprocess.run(
+        [sys.executable, "-m", "zerorag_guard", "demo", *args, "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        check=False,
+        cwd=tmp_path,
+    )
+    assert done.returncode == 0, done.stderr
+    result = json.loads(done.stdout)
+    alerts = [line for line in done.stderr.splitlines() if line.startswith("[")]
+    print(json.dumps({"alerts": alerts, "peak_mb": result["peak_mb"]}))
+    assert len(alerts) == len(set(alerts))
+    assert result["stored"] == result["passages"] and result["peak_mb"] <= 1500
+    assert result["health"]["status"] != "degraded"
+    assert result["embedder"].startswith("sentence-transformers")
