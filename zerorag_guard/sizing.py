@@ -72,7 +72,6 @@ class BatchSizer:
         # (size, bytes over the floor at the peak, whether it was the loop's first batch)
         self._peaks: collections.deque[tuple[int, int, bool]] = collections.deque(maxlen=WINDOW)
         self._line: Optional[tuple[float, float]] = None  # (fixed, per item), noise included
-        self._largest = 0  # the largest batch measured exactly
         self._measured = 0  # batches measured exactly
         self._spread = False  # whether the sizes seen tell a fixed cost from one per item
         self._reach = 1.0
@@ -131,7 +130,7 @@ class BatchSizer:
         """Past the largest batch measured, all of its planned cost counts per item."""
         assert self._line is not None
         fixed, slope = self._line
-        return fixed / max(1, self._largest) + slope
+        return fixed / max(1, self._exact_max) + slope
 
     def _fit(self) -> None:
         points = [(n, u) for n, u, first in self._peaks if not first]
@@ -182,16 +181,16 @@ class BatchSizer:
                 size = 0
             elif slope > 0:
                 size = min(grow, int((room - fixed) / slope))
-            if size > self._largest:  # the line rests on one end: see the module's doc
+            if size > self._exact_max:  # the line rests on one end: see the module's doc
                 if self._measured >= SETTLE:
-                    size = min(size, max(int(room / per_item), math.ceil(STEP * self._largest)))
+                    size = min(size, max(int(room / per_item), math.ceil(STEP * self._exact_max)))
                 else:
-                    size = min(size, max(self._largest, int(room / (per_item * self._reach))))
+                    size = min(size, max(self._exact_max, int(room / (per_item * self._reach))))
             probe = min(grow, math.ceil(1.5 * self.min_size))
             # Stuck at the smallest size, a fixed cost cannot show: try a larger batch once, if
             # its cost, all of it per item, fits under the limit itself.
             fits = floor + probe * per_item <= limit
-            if size <= self.min_size and probe > self._largest and self.alone and fits:
+            if size <= self.min_size and probe > self._exact_max and self.alone and fits:
                 size = probe
         if self._halve:
             size = min(size, self.last // 2)
@@ -244,8 +243,7 @@ class BatchSizer:
         used = max(0, peak_rss - self.floor(start_rss))
         planned = self.predict(size)
         if size > 0 and exact:
-            self._exact_max = max(self._exact_max, size)
-            self._largest = max(self._largest, size)  # a batch that showed no cost counts too
+            self._exact_max = max(self._exact_max, size)  # one that showed no cost counts too
             self._measured += 1
             if used > 0:  # nothing seen is no cost learned: the items may have reused free memory
                 self._peaks.append((size, used, not self._peaks and not self._starts))
