@@ -138,15 +138,16 @@ class BatchSizer:
             points = [(n, u) for n, u, _ in self._peaks]
         count = len(points)
         sn = su = snn = snu = 0.0
+        smallest = largest = points[0][0]
         for n, u in points:
             sn += n
             su += u
             snn += n * n
             snu += n * u
+            smallest, largest = min(smallest, n), max(largest, n)
         mean_n, mean_u = sn / count, su / count
         var = snn - sn * mean_n
-        sizes = [n for n, _ in points]
-        self._spread = max(sizes) >= 1.5 * min(sizes)
+        self._spread = largest >= 1.5 * smallest
         slope = (snu - sn * mean_u) / var if var > 0 else 0.0
         fixed = mean_u - slope * mean_n
         if not self.alone or not self._spread:
@@ -186,12 +187,12 @@ class BatchSizer:
                     size = min(size, max(int(room / per_item), math.ceil(STEP * self._exact_max)))
                 else:
                     size = min(size, max(self._exact_max, int(room / (per_item * self._reach))))
-            probe = min(grow, math.ceil(1.5 * self.min_size))
-            # Stuck at the smallest size, a fixed cost cannot show: try a larger batch once, if
-            # its cost, all of it per item, fits under the limit itself.
-            fits = floor + probe * per_item <= limit
-            if size <= self.min_size and probe > self._exact_max and self.alone and fits:
-                size = probe
+            if size <= self.min_size and self.alone:
+                # Stuck at the smallest size, a fixed cost cannot show: try a larger batch
+                # once, if its cost, all of it per item, fits under the limit itself.
+                probe = min(grow, math.ceil(1.5 * self.min_size))
+                if probe > self._exact_max and floor + probe * per_item <= limit:
+                    size = probe
         if self._halve:
             size = min(size, self.last // 2)
         if headroom <= 0:
