@@ -45,7 +45,9 @@ def test_real_model_throughput_against_the_best_fixed_batch(
         rounds=1,
         iterations=1,
     )
-    assert guarded["stored"] == int(PASSAGES) and guarded["peak_mb"] <= guarded["limit_mb"]
+    # The bound of tests/test_real_model.py: 2% of the room (a passage's cost follows its length).
+    assert guarded["stored"] == int(PASSAGES)
+    assert guarded["peak_mb"] <= guarded["limit_mb"] + 0.02 * over_loaded_mb
     fixed = {size: run_job("fixed", "--batch", str(size)) for size in FIXED}
     # The fixed runs' peaks are over their own loaded model: compare over the loaded model.
     fits = {
