@@ -30,8 +30,8 @@ def run_with(paired: float, numpy_paired: float, throughput: float) -> dict[str,
     }
 
 
-#: The no-op, group and real-model claims, each met (written out by hand: bounds 5 µs, 30 µs,
-#: 0.9, 0.9, 1.0, 0.9 and 0.9).
+#: The no-op, group, real-model and isolation claims, each met (written out by hand: bounds
+#: 5 µs, 30 µs, 0.9, 0.9, 1.0, 0.9, 0.9, 1 ms and 1.0).
 GROUP_MET = [
     bench("noop", "memory_guarded", 1e-6, extra_us=4.9),
     bench("group-batch", "cgroup", 1e-3, extra_us_per_batch=29.9),
@@ -41,8 +41,9 @@ GROUP_MET = [
     bench("group-processes", "3", 1.0, time_vs_one=1.0),
     bench("real-model", "250", 1.0, throughput_vs_best_fixed=0.9),
     bench("real-model", "600", 1.0, throughput_vs_best_fixed=1.1),
+    bench("isolated-call", "isolated", 1e-3, extra_us=999.0, vs_process_pool=1.0),
 ]
-MET = 3 + len(GROUP_MET)
+MET = 3 + len(GROUP_MET) + 1  # the isolated call's row carries two claims
 
 
 def test_claims_a_run_meets_are_marked_met() -> None:
@@ -90,12 +91,13 @@ def test_a_claim_the_run_did_not_measure_is_marked() -> None:
         (3, "throughput_vs_one", 0.899, "16 threads under one 300 MB ceiling"),
         (5, "time_vs_one", 1.01, "3 guarded processes sharing a cgroup"),
         (6, "throughput_vs_best_fixed", 0.899, "the real model, 250 MB over it loaded"),
+        (8, "extra_us", 1000.5, "an isolated call (small arguments, a kept worker)"),
     ],
 )
 def test_a_noop_or_group_claim_the_run_missed_is_marked(
     index: int, key: str, value: float, unmet: str
 ) -> None:
     data = run_with(1.0, 1.0, 0.95)
-    data["benchmarks"][-len(GROUP_MET) + index]["extra_info"] = {key: value}
+    data["benchmarks"][-len(GROUP_MET) + index]["extra_info"][key] = value
     (line,) = report.unmet_claims(report._groups(data))
     assert unmet in line

@@ -203,7 +203,9 @@ def test_level_cleanups_between_batches_are_progressive() -> None:
     reader = Steady(100)
     monitor = monitor_with(reader, gc_time_budget=1.0)  # no GC-time throttle in this test
     with memory_budget(600, batch_size=5, monitor=monitor) as budget:
-        for i, _ in enumerate(budget.chunks(range(200))):
+        # Batches of 1, 2, 4, 5, ...: ten batches reach HIGH and clean up there (each cleanup
+        # is a real gc.collect() over the test process's heap: keep them few).
+        for i, _ in enumerate(budget.chunks(range(40))):
             # ceiling 600 = critical; main = 600 * 1000/1200 = 500; preventive = 400.
             reader.mb = {3: 420, 6: 520}.get(i, reader.mb)
     kinds = [r.strategy for r in budget.cleanups]

@@ -8,7 +8,14 @@ The public names are re-exported here; the modules behind them are one concern e
 from . import control  # noqa: F401
 from .budget import MemoryBudget, memory_budget
 from .config import GuardConfig, recommend_config
-from .errors import ConfigError, MemoryBudgetExceeded
+from .errors import (
+    CheckpointError,
+    ConfigError,
+    MemoryBudgetExceeded,
+    WorkerCrashed,
+    WorkerOutOfMemory,
+    WorkerTimeout,
+)
 from .events import Alert, Level, Sample
 from .guarded import memory_guarded
 from .leaks import LeakProfiler, LeakReport
@@ -16,6 +23,7 @@ from .monitor import MemoryMonitor, configure, get_monitor
 
 __all__ = [
     "Alert",
+    "CheckpointError",
     "ConfigError",
     "GuardConfig",
     "LeakProfiler",
@@ -25,6 +33,9 @@ __all__ = [
     "MemoryBudgetExceeded",
     "MemoryMonitor",
     "Sample",
+    "WorkerCrashed",
+    "WorkerOutOfMemory",
+    "WorkerTimeout",
     "configure",
     "get_monitor",
     "memory_budget",

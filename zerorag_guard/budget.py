@@ -12,6 +12,7 @@ already active (another thread, a recursive call) works on a copy.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
@@ -20,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Optional, TypeVar, Union
 
 from . import chunking
+from .checkpoint import Checkpoint, LoopCheckpoint
 from .cleanup import CleanupResult
 from .config import parse_size_mb
 from .errors import MemoryBudgetExceeded
@@ -47,6 +49,10 @@ class _Settings:
     name: Optional[str]
     monitor: Optional[MemoryMonitor]
     scope: str
+    #: A path (each use of the block makes its own Checkpoint) or one shared Checkpoint.
+    checkpoint: Union[str, Checkpoint, None] = None
+    key: Optional[Callable[[Any], Any]] = None
+    reset_checkpoint: bool = False
 
 
 def _count(value: Any, name: str, allow_none: bool = True) -> Optional[int]:
@@ -99,6 +105,9 @@ class MemoryBudget:
         name: Optional[str] = None,
         monitor: Optional[MemoryMonitor] = None,
         scope: str = "auto",
+        checkpoint: Union[str, os.PathLike[str], Checkpoint, None] = None,
+        key: Optional[Callable[[Any], Any]] = None,
+        reset_checkpoint: bool = False,
     ) -> None:
         limit = (
             None
@@ -130,8 +139,23 @@ class MemoryBudget:
                 f"batch_size={size} is outside min_batch_size={lo} .. "
                 f"max_batch_size={hi if hi is not None else 'unbounded'}"
             )
+        if checkpoint is not None and not isinstance(checkpoint, Checkpoint):
+            checkpoint = Checkpoint(checkpoint, key, reset_checkpoint).path  # checks the form
+        elif checkpoint is None and (key is not None or reset_checkpoint):
+            raise ValueError("key= and reset_checkpoint= need checkpoint=PATH")
         self._settings = _Settings(
-            limit, increase, on_exceed, size, lo, hi, name, monitor, check_scope(scope)
+            limit,
+            increase,
+            on_exceed,
+            size,
+            lo,
+            hi,
+            name,
+            monitor,
+            check_scope(scope),
+            checkpoint,
+            key,
+            reset_checkpoint,
         )
         self._busy: Optional[threading.Lock] = threading.Lock()
         self._reset()
@@ -156,6 +180,9 @@ class MemoryBudget:
         self._warned = False
         #: Batches of ``min_batch_size`` in a row whose peak was over the ceiling.
         self._smallest_over = 0
+        #: Items a previous run completed (see ``checkpoint=``), skipped by this one.
+        self.skipped = 0
+        self._checkpoint: Optional[Checkpoint] = None
 
     def _fresh(self) -> MemoryBudget:
         """A new budget with the same (already validated) settings: cheap, for every call."""
@@ -242,10 +269,28 @@ class MemoryBudget:
             self._note_peak(rss)
             self._check(rss, can_shrink=False, routine=False, limit=limit)
         except BaseException:
-            self._exit()
+            self._exit(error=True)
             raise
 
-    def _exit(self) -> None:
+    def _loop_checkpoint(self) -> Optional[LoopCheckpoint]:
+        """The checkpoint of the next loop over :meth:`chunks`, where there is one."""
+        s = self._settings
+        if s.checkpoint is None:
+            return None
+        if self._checkpoint is None:
+            self._checkpoint = (
+                s.checkpoint
+                if isinstance(s.checkpoint, Checkpoint)
+                else Checkpoint(s.checkpoint, s.key, s.reset_checkpoint)
+            )
+        return self._checkpoint.start_loop()
+
+    def _exit(self, error: bool = False) -> None:
+        if self._checkpoint is not None:
+            # A block of its own that ended well completes the job; a store's write does not.
+            own = not isinstance(self._settings.checkpoint, Checkpoint)
+            self._checkpoint.close(complete=own and not error)
+            self._checkpoint = None
         try:
             if self._window is not None:
                 self._note_peak(self._window.close())
@@ -291,7 +336,7 @@ class MemoryBudget:
         # ``with b as x`` may have handed out a copy: leave the innermost active budget.
         budget = _active.get()
         target = budget if budget is not None and budget._settings is self._settings else self
-        target._exit()
+        target._exit(error=exc[0] is not None if exc else False)
         target._release()
 
     async def __aenter__(self) -> MemoryBudget:
@@ -454,6 +499,7 @@ class MemoryBudget:
             "group_peak_mb": None if self.group_peak_mb is None else round(self.group_peak_mb, 1),
             "group_peak_source": self.group_peak_source,
             "seconds": round(seconds, 3),
+            "skipped": self.skipped,
         }
 
 
@@ -468,6 +514,9 @@ def memory_budget(
     name: Optional[str] = None,
     monitor: Optional[MemoryMonitor] = None,
     scope: str = "auto",
+    checkpoint: Union[str, os.PathLike[str], Checkpoint, None] = None,
+    key: Optional[Callable[[Any], Any]] = None,
+    reset_checkpoint: bool = False,
 ) -> MemoryBudget:
     """A memory budget, for ``with``, ``async with`` or as a decorator.
 
@@ -484,6 +533,11 @@ def memory_budget(
     memory cgroup's working set) or ``"auto"`` (the default: this process's RSS, and 90% of a
     cgroup limit on the cgroup's working set). Concurrent loops that share what a scope counts
     reserve their next batch's memory, so no two plan on the same headroom.
+
+    ``checkpoint`` (a file path) makes the block's loops resume after a kill (see
+    :mod:`zerorag_guard.checkpoint`): a rerun skips the items a previous run completed, a
+    finished job does nothing until ``reset_checkpoint=True``, and ``key`` (a function of an
+    item) checks that the input at the cursor is the one the checkpoint recorded.
     """
     return MemoryBudget(
         limit_mb,
@@ -495,4 +549,7 @@ def memory_budget(
         name=name,
         monitor=monitor,
         scope=scope,
+        checkpoint=checkpoint,
+        key=key,
+        reset_checkpoint=reset_checkpoint,
     )

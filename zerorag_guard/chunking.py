@@ -3,12 +3,15 @@
 Before each batch the budget's policy runs and the :class:`~zerorag_guard.sizing.BatchSizer`
 picks a size for the headroom left; a kernel peak window is opened; the batch is pulled from the
 iterable and handed out. When the loop asks for the next batch, the previous one counts as
-processed and its exact peak teaches the sizer what an item costs.
+processed and its exact peak teaches the sizer what an item costs. With a checkpoint, the loop
+first skips what a previous run completed, then records each batch as it is handed out and as it
+completes (see :mod:`zerorag_guard.checkpoint`).
 """
 
 from __future__ import annotations
 
 import itertools
+import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
@@ -19,6 +22,8 @@ if TYPE_CHECKING:
     from .budget import MemoryBudget
 
 T = TypeVar("T")
+logger = logging.getLogger("zerorag_guard")
+_NOTHING: Any = object()
 
 
 class _Loop:
@@ -38,6 +43,36 @@ class _Loop:
         # A cheap batch's closing reading, which is also the next batch's starting one: each
         # /proc read is a system call, and on VMs each slows the Python code that follows it.
         self._reading: Optional[int] = None
+        self.checkpoint = budget._loop_checkpoint()
+        self.done = 0  # items of this loop done, skipped ones included
+        self._ended = False
+        if self.checkpoint is not None:
+            self.done = self.checkpoint.skip
+            budget.skipped += self.done
+            budget.processed += self.done
+            if self.checkpoint.finished:
+                level = logging.WARNING if self.checkpoint.job_complete else logging.INFO
+                logger.log(level, "%s", self.checkpoint.describe())
+            elif self.checkpoint.start_size is not None:
+                self.sizer.start_at(self.checkpoint.start_size)
+
+    @property
+    def finished(self) -> bool:
+        """Whether a previous run (see ``checkpoint=``) already did all of this loop."""
+        return self.checkpoint is not None and self.checkpoint.finished
+
+    def skipped(self, seen: int, last: Any) -> None:
+        """The resumed loop skipped ``seen`` items, the last of them ``last``."""
+        cp = self.checkpoint
+        assert cp is not None
+        if seen < self.done:
+            raise cp.too_short()
+        cp.check_skipped(seen - 1, last)
+
+    def begin(self, batch: list[Any]) -> None:
+        """A batch is about to be handed out."""
+        if self.checkpoint is not None:
+            self.checkpoint.begin(self.done, batch)
 
     def plan(self) -> tuple[int, Any, int]:
         """Before a batch: apply the policy, reserve and choose the size, open the peak window."""
@@ -76,10 +111,14 @@ class _Loop:
         exact = sizer.needs_exact_peak(size, reading, self.limit)
         return size, scope.window(exact, reading), reading
 
-    def finish(self, count: int, window: Any, start_rss: int) -> None:
+    def finish(self, batch: list[Any], window: Any, start_rss: int) -> None:
         """After a batch: count it as processed and learn its cost from its peak."""
         budget = self.budget
+        count = len(batch)
         budget.processed += count
+        self.done += count
+        if self.checkpoint is not None:
+            self.checkpoint.finish(self.done, batch)
         budget.batch_sizes.append(count)
         budget.monitor.record_batch(count)
         if window.exact:
@@ -91,10 +130,28 @@ class _Loop:
         budget._note_peak(self.peak)
         self.sizer.learn(count, start_rss, self.peak, self.limit, window.exact)
 
+    def out_of_items(self) -> None:
+        """The iterable ran out: the loop is complete."""
+        self._ended = True
+        if self.checkpoint is not None:
+            self.checkpoint.end(self.done)
+
     def end(self) -> None:
         """The loop is done (finished, failed or abandoned): its reservation ends, and the
         cgroup's peak over it goes to the budget."""
-        self.budget._note_group_peak(*self.scope.end())
+        try:
+            if self.checkpoint is not None and not self._ended:
+                self.checkpoint.interrupt()
+        finally:
+            self.budget._note_group_peak(*self.scope.end())
+
+
+def _skip(it: Iterator[Any], count: int) -> tuple[int, Any]:
+    """Pull ``count`` items: how many there were, and the last."""
+    last, seen = _NOTHING, 0
+    for item in itertools.islice(it, count):
+        last, seen = item, seen + 1
+    return seen, last
 
 
 def chunks(
@@ -104,18 +161,24 @@ def chunks(
     loop = _Loop(budget, batch_size, MAX_POLLS)
     it = iter(iterable)
     try:
+        if loop.finished:
+            return
+        if loop.done:
+            loop.skipped(*_skip(it, loop.done))
         while True:
             size, window, start = loop.plan()
             try:
                 batch = list(itertools.islice(it, size))
                 if not batch:
                     window.close()
+                    loop.out_of_items()
                     return
+                loop.begin(batch)
                 yield batch
             except BaseException:
                 window.close()
                 raise
-            loop.finish(len(batch), window, start)
+            loop.finish(batch, window, start)
             del batch
     finally:
         loop.end()
@@ -129,6 +192,20 @@ async def achunks(
     ait = iterable.__aiter__() if isinstance(iterable, AsyncIterable) else None
     it = None if ait is not None else iter(iterable)  # type: ignore[arg-type]
     try:
+        if loop.finished:
+            return
+        if loop.done:
+            if ait is not None:
+                last, seen = _NOTHING, 0
+                while seen < loop.done:
+                    try:
+                        last, seen = await ait.__anext__(), seen + 1
+                    except StopAsyncIteration:
+                        break
+                loop.skipped(seen, last)
+            else:
+                assert it is not None
+                loop.skipped(*_skip(it, loop.done))
         while True:
             size, window, start = loop.plan()
             try:
@@ -144,12 +221,14 @@ async def achunks(
                     batch = list(itertools.islice(it, size))
                 if not batch:
                     window.close()
+                    loop.out_of_items()
                     return
+                loop.begin(batch)
                 yield batch
             except BaseException:
                 window.close()
                 raise
-            loop.finish(len(batch), window, start)
+            loop.finish(batch, window, start)
             del batch
     finally:
         loop.end()

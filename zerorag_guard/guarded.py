@@ -12,16 +12,22 @@ exception gets ``zerorag_processed``: the number of items whose chunks completed
 
 from __future__ import annotations
 
+import asyncio
+import functools
 import inspect
 import time
 from collections.abc import Sequence
-from typing import Any, Callable, Optional, TypeVar, Union, cast
+from typing import TYPE_CHECKING, Any, Callable, Optional, TypeVar, Union, cast
 
 import wrapt
 
 from .budget import MemoryBudget, current_budget, default_ceiling_bytes
 from .monitor import MemoryMonitor, get_monitor
 from .probes import MB
+from .sizing import BatchSizer
+
+if TYPE_CHECKING:
+    from .isolation import Isolated
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -70,12 +76,14 @@ class _Guard:
         record: bool,
         chunk: Union[str, Sequence[str], None],
         name: Optional[str],
+        isolated: Optional[Callable[[str], Isolated]] = None,
     ) -> None:
         self.spec = spec
         self.record = record
         self.name = name or spec.name or _qualified(func)
         self.chunk = _chunk_names(func, chunk)
         self._signature = inspect.signature(_plain(func))
+        self.isolated = None if isolated is None else isolated(self.name)
         # Most guarded calls have no ceiling of their own and run under no other budget: for
         # them a check of the sampler's latest reading against the cached default ceiling is
         # the whole budget (~2 µs a call, no system call).
@@ -84,12 +92,16 @@ class _Guard:
     def _done(
         self, monitor: MemoryMonitor, budget: MemoryBudget, start: float, error: bool
     ) -> None:
-        budget._exit()
+        budget._exit(error=error)
         if self.record:
             monitor.record_operation(self.name, time.perf_counter() - start, budget.peak_mb, error)
 
     # -- plain and coroutine functions ------------------------------------------------------------
     def call(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if self.isolated is not None:
+            if self.isolated.in_worker():  # the worker runs the function undecorated
+                return wrapped(*args, **kwargs)
+            return self._isolated(wrapped, instance, args, kwargs)
         if self.lean:
             monitor = self.spec._settings.monitor or get_monitor()
             read = monitor.recent_rss_bytes
@@ -122,6 +134,12 @@ class _Guard:
             self._done(monitor, budget, start, error)
 
     async def acall(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        if self.isolated is not None:
+            if self.isolated.in_worker():
+                return await wrapped(*args, **kwargs)
+            return await asyncio.get_running_loop().run_in_executor(
+                None, functools.partial(self._isolated, wrapped, instance, args, kwargs)
+            )
         budget = self.spec._fresh()
         monitor = budget.monitor
         budget._enter(exact_peak=bool(self.chunk))
@@ -136,6 +154,39 @@ class _Guard:
             return result
         finally:
             self._done(monitor, budget, start, error)
+
+    # -- isolate= ---------------------------------------------------------------------------------
+    def _isolated(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
+        isolated = self.isolated
+        assert isolated is not None
+        if instance is not None and not inspect.isclass(instance):
+            raise TypeError(
+                f"{self.name}: isolate=True runs module-level functions and static methods in a "
+                "worker, not methods bound to an instance"
+            )
+        monitor = self.spec.monitor
+        start = time.perf_counter()
+        peak, error = 0.0, True
+        try:
+            if self.chunk:
+                s = self.spec._settings
+                bound, sequences, n = self._split(wrapped, instance, args, kwargs)
+                target = s.batch_size or monitor.config.batch_size
+                sizer = BatchSizer(target, s.min_batch_size, s.max_batch_size)
+                result, peak = isolated.call_chunked(
+                    n,
+                    lambda a, b: self._call_chunk(bound, sequences, list(range(a, b))),
+                    sizer,
+                    _mark,
+                    _combine,
+                )
+            else:
+                result, peak = isolated.call(args, kwargs)
+            error = False
+            return result
+        finally:
+            if self.record:
+                monitor.record_operation(self.name, time.perf_counter() - start, peak, error)
 
     # -- generators: the budget spans the whole iteration -----------------------------------------
     def gen(self, wrapped: Any, instance: Any, args: Any, kwargs: Any) -> Any:
@@ -188,7 +239,9 @@ class _Guard:
             )
         return bound, sequences, next(iter(lengths.values()))
 
-    def _call_chunk(self, bound: Any, sequences: list[Any], batch: list[int]) -> tuple[Any, Any]:
+    def _call_chunk(
+        self, bound: Any, sequences: list[Any], batch: Sequence[int]
+    ) -> tuple[Any, Any]:
         start, stop = batch[0], batch[-1] + 1
         for name, seq in zip(self.chunk, sequences):
             bound.arguments[name] = seq[start:stop]
@@ -247,16 +300,23 @@ def wrap(
     record: bool = True,
     chunk: Union[str, Sequence[str], None] = None,
     name: Optional[str] = None,
+    isolated: Optional[Callable[[str], Isolated]] = None,
 ) -> F:
     """Wrap ``func`` so each call runs in a fresh copy of ``spec``; the kind of wrapper is chosen
-    here, once, so an async function stays a coroutine function and a generator a generator."""
+    here, once, so an async function stays a coroutine function and a generator a generator.
+    ``isolated`` makes the :class:`~zerorag_guard.isolation.Isolated` that runs its calls."""
     if not callable(func) and not isinstance(func, (classmethod, staticmethod)):
         raise TypeError(
             f"memory_guarded/memory_budget decorate a function, got "
             f"{type(func).__name__} {func!r}; did you mean memory_guarded(limit_mb=...)?"
         )
-    guard = _Guard(func, spec, record, chunk, name)
     f = _plain(func)
+    if isolated is not None and (inspect.isasyncgenfunction(f) or inspect.isgeneratorfunction(f)):
+        raise TypeError(
+            f"isolate=True cannot run generator {_qualified(func)} in a worker: its items would "
+            "have to cross the pipe one by one; return a list instead"
+        )
+    guard = _Guard(func, spec, record, chunk, name, isolated)
     if inspect.isasyncgenfunction(f):
         wrapper = guard.agen
     elif inspect.iscoroutinefunction(f):
@@ -281,6 +341,9 @@ def memory_guarded(
     max_batch_size: Optional[int] = None,
     monitor: Optional[MemoryMonitor] = None,
     scope: str = "auto",
+    isolate: Union[bool, str] = False,
+    workers: int = 1,
+    timeout: Optional[float] = None,
 ) -> Any:
     """Decorate a function so that each call runs in a fresh memory budget.
 
@@ -289,7 +352,25 @@ def memory_guarded(
     those of :func:`~zerorag_guard.memory_budget` and are checked here, at decoration. ``chunk``
     names one argument or a tuple of arguments: sequences of the same length that are split in
     step into adaptive chunks, one call per chunk, list results concatenated.
+
+    ``isolate=True`` runs each call in one of ``workers`` kept worker processes capped at
+    ``limit_mb`` (required): a call the cap stops raises
+    :class:`~zerorag_guard.WorkerOutOfMemory` here while this process goes on; ``timeout``
+    (seconds) bounds a call. ``isolate="cgroup"`` or ``"rlimit"`` insists on one kind of cap
+    (see :mod:`zerorag_guard.isolation`).
     """
+    mode = None
+    if isolate is not False:  # the isolation machinery loads only for those who use it
+        from .isolation import isolation_mode
+
+        mode = isolation_mode(isolate)
+    if mode is None and (workers != 1 or timeout is not None):
+        raise ValueError("workers= and timeout= are for isolated calls: add isolate=True")
+    if mode is not None and (limit_mb is None or increase_mb is not None or scope != "auto"):
+        raise ValueError(
+            "isolate=True needs limit_mb= (the worker's cap), and takes no increase_mb= or "
+            "scope=: the worker's memory is its own"
+        )
     spec = MemoryBudget(
         limit_mb,
         increase_mb=increase_mb,
@@ -302,8 +383,19 @@ def memory_guarded(
         scope=scope,
     )
 
+    isolated = None
+    if mode is not None:
+        cap = spec._settings.limit_mb
+        assert cap is not None
+
+        def isolated(label: str, f: Any = None) -> Isolated:
+            from .isolation import Isolated
+
+            return Isolated(_plain(f), cap, workers, mode, timeout, label)
+
     def decorate(f: F) -> F:
-        return wrap(f, spec, record=True, chunk=chunk, name=name)
+        make = None if isolated is None else functools.partial(isolated, f=f)
+        return wrap(f, spec, record=True, chunk=chunk, name=name, isolated=make)
 
     if func is not None:
         return decorate(func)

@@ -78,6 +78,12 @@ class BatchSizer:
         self._halve = False
         self._cheap = 0
         self._exact_max = 0  # the largest batch whose peak was measured exactly
+        self._first = min_size  # the first batch's size: see start_at()
+
+    def start_at(self, size: int) -> None:
+        """Make the first batch ``size`` (within the bounds) rather than ``min_size``: a loop
+        resumed after a kill starts at half the batch the kill interrupted."""
+        self._first = max(self.min_size, min(size, self.cap))
 
     def share(self, alone: bool) -> None:
         """Say whether this loop is the only one reading its memory. Alone, its starts swing
@@ -171,7 +177,7 @@ class BatchSizer:
     def size_for(self, rss: int, limit: int) -> int:
         """The size :meth:`next_size` would choose, without choosing it."""
         headroom = limit - rss
-        grow = self.min_size if self.last == 0 else min(self.cap, 2 * self.last)
+        grow = self._first if self.last == 0 else min(self.cap, 2 * self.last)
         size = grow
         if self._line is not None:
             fixed, slope = self._line

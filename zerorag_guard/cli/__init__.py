@@ -5,8 +5,8 @@ which adds its parser and sets ``func`` (``args -> exit code``) as the handler. 
 lists them in the order ``--help`` shows them.
 
 Exit codes: 0 success; 1 the command ran but could not do what was asked (an unreachable
-``optimize`` target, a missing optional extra, a failure inside the guarded process, a ``demo``
-budget that no batch can keep); 2 bad usage
+``optimize`` target, a missing optional extra, a checkpoint file that is not one, a failure
+inside the guarded process, a ``demo`` budget that no batch can keep); 2 bad usage
 (argparse's own code: an unknown option, negative seconds, a target of 0, a pid that is not a
 positive number or names no running process, a bad ``KEY=VALUE``); 3 the process runs but is not
 guarded (no control socket answers for it). Errors are one line on stderr.
@@ -30,6 +30,7 @@ COMMANDS = (
     "leaks",
     "configure",
     "ps",
+    "checkpoint",
     "demo",
 )
 EXIT_OK = 0
@@ -76,7 +77,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit code (see the module docstring)."""
     from .. import control
     from ..control_client import ControlError, NoSuchProcess, RemoteError
-    from ..errors import ConfigError, MemoryBudgetExceeded
+    from ..errors import CheckpointError, ConfigError, MemoryBudgetExceeded
     from ._plot import MissingExtra
 
     # The command's own process is not a job to reach: it opens no control socket.
@@ -96,7 +97,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return fail(str(exc), EXIT_USAGE, prog)
     except argparse.ArgumentTypeError as exc:
         return fail(str(exc), EXIT_USAGE, prog)
-    except (MissingExtra, ControlError, OSError, MemoryBudgetExceeded) as exc:
+    except (MissingExtra, ControlError, OSError, MemoryBudgetExceeded, CheckpointError) as exc:
         return fail(str(exc), EXIT_FAILED, prog)
     except KeyboardInterrupt:
         return 130

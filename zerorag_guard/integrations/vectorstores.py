@@ -27,6 +27,7 @@ from typing import Any, Optional, Union
 import wrapt
 
 from ..budget import MemoryBudget, memory_budget
+from ..checkpoint import Checkpoint
 from ..monitor import MemoryMonitor, get_monitor
 from ._per_item import (
     Adapt,
@@ -114,6 +115,7 @@ class GuardedStore(wrapt.ObjectProxy):
             name=f"{self.kind}.write",
             monitor=s["monitor"],
             scope=s["scope"],
+            checkpoint=s["checkpoint"],
         )
 
     def _prepare(self, name: str, args: Any, kwargs: Any) -> tuple[Any, Any, Optional[Plan]]:
@@ -363,6 +365,8 @@ def guard_store(
     batch_size: Optional[int] = None,
     monitor: Optional[MemoryMonitor] = None,
     scope: str = "auto",
+    checkpoint: Optional[str] = None,
+    reset_checkpoint: bool = False,
 ) -> Any:
     """Wrap ``store`` so its bulk writes run in adaptive chunks under a memory budget.
 
@@ -370,6 +374,10 @@ def guard_store(
     ``batch_size`` is the target chunk size (default ``BATCH_SIZE``), never above the store's
     own maximum. Returns a proxy that behaves as the store (``isinstance`` included) and adds
     ``get_health_status()``, ``write_stats()`` and ``last_budget``.
+
+    ``checkpoint`` (a file path) makes a job's bulk writes resume after a kill: the n-th
+    guarded write of the run skips the chunks the n-th write of a previous run completed (see
+    :mod:`zerorag_guard.checkpoint`). The job must make the same writes in the same order.
     """
     memory_budget(
         limit_mb, increase_mb=increase_mb, on_exceed=on_exceed, batch_size=batch_size, scope=scope
@@ -383,5 +391,8 @@ def guard_store(
         "batch_size": batch_size,
         "monitor": monitor,
         "scope": scope,
+        "checkpoint": None
+        if checkpoint is None
+        else Checkpoint(checkpoint, reset=reset_checkpoint),
     }
     return _KINDS[store_kind(store)](store, settings)
