@@ -99,6 +99,10 @@ def test_an_exception_comes_back_with_its_type_and_the_workers_traceback() -> No
     with pytest.raises(WorkerCrashed, match=r"Unpicklable: x \(not picklable\)"):
         w.fails_oddly()
     assert w.echo({"still": "served"}) == {"still": "served"}
+    worker = w.pid_or_raise(False)
+    with pytest.raises(FileNotFoundError, match="/nowhere"):
+        w.pid_or_raise(True)
+    assert w.pid_or_raise(False) == worker  # the call's own error leaves its worker serving
 
 
 def test_a_hung_call_or_a_worker_dead_of_a_signal_is_a_clear_error_and_the_pool_goes_on() -> None:
@@ -175,3 +179,18 @@ def test_no_writable_hierarchy_gives_none_so_the_worker_caps_itself(tmp_path: Pa
     (proc / "self" / "cgroup").write_text("0::/\n")
     (proc / "self" / "mountinfo").write_text("")
     assert WorkerCgroup.create(100, "1", str(proc), str(tmp_path)) is None
+
+
+def test_a_script_without_a_main_guard_gets_the_reason_not_a_hang(tmp_path: Path) -> None:
+    script = tmp_path / "job.py"
+    script.write_text(
+        "import sys\n"
+        f"sys.path.insert(0, {str(Path(__file__).parent)!r})\n"
+        "from workloads import isolated\n"
+        "print(isolated.pid())\n"
+    )
+    done = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    last = done.stderr.strip().splitlines()[-1]
+    assert last.startswith("zerorag_guard.errors.WorkerCrashed: starting a worker")
+    assert "if __name__ == '__main__':" in last

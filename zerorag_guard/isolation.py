@@ -44,6 +44,8 @@ from .sizing import BatchSizer
 from .worker_cap import WorkerCgroup
 
 MODES = ("auto", "cgroup", "rlimit")
+#: How long a new worker may take to start and import the function's module.
+STARTUP_SECONDS = 120
 _pools: weakref.WeakSet[WorkerPool] = weakref.WeakSet()
 _names = itertools.count(1)
 
@@ -80,19 +82,29 @@ class _RemoteTraceback(Exception):
 
 @dataclass
 class Outcome:
-    """What one call in a worker came to: ``ok`` with a value, or ``oom``, and its memory."""
+    """What one call in a worker came to: ``kind`` ``ok`` (``value`` is the result), ``error``
+    (``value`` is the exception, to raise) or ``oom`` (the cap stopped it), and its memory."""
 
-    ok: bool
+    kind: str
     value: Any
     start: int
     peak: int
     detail: str = ""
 
+    @property
+    def ok(self) -> bool:
+        return self.kind == "ok"
+
+    def raise_error(self) -> None:
+        """Raise the call's own exception, if it raised one."""
+        if self.kind == "error":
+            raise self.value
+
 
 class _Worker:
     """One worker process, its pipe and its cap."""
 
-    def __init__(self, ctx: Any, limit: int, mode: str, label: str) -> None:
+    def __init__(self, ctx: Any, limit: int, mode: str, label: str, module: str) -> None:
         self.limit = limit
         self.served = 0
         self.cgroup = WorkerCgroup.create(limit, label) if mode != "rlimit" else None
@@ -104,7 +116,9 @@ class _Worker:
         self.conn, child = ctx.Pipe()
         data_limit = None if self.cgroup is not None else limit
         self.process = ctx.Process(
-            target=worker_side.serve, args=(child, data_limit), name=f"zerorag-worker-{label}"
+            target=worker_side.serve,
+            args=(child, data_limit, module),
+            name=f"zerorag-worker-{label}",
         )
         try:
             self.process.start()
@@ -121,6 +135,24 @@ class _Worker:
                 raise WorkerCrashed(
                     f"could not move the worker into {self.cgroup.path}: {exc}"
                 ) from exc
+        self._ready(module)
+
+    def _ready(self, module: str) -> None:
+        """Wait for the worker's start-up (its imports), which no call's timeout counts."""
+        try:
+            if not self.conn.poll(STARTUP_SECONDS):
+                raise WorkerCrashed(f"a worker did not start within {STARTUP_SECONDS} s")
+            reply = pickle.loads(self.conn.recv_bytes())
+        except WorkerCrashed:
+            self.stop()
+            raise
+        except (EOFError, OSError):
+            failure = self._death(f"starting a worker for {module}")
+            self.stop()
+            raise failure from None
+        if reply[0] != "ready":
+            self.stop()
+            raise WorkerCrashed(f"a worker could not import {module}:\n{reply[2]}")
 
     def _remove_cgroup(self) -> None:
         if self.cgroup is not None:
@@ -139,9 +171,11 @@ class _Worker:
         self._remove_cgroup()
 
     def call(self, message: bytes, timeout: Optional[float], what: str) -> Outcome:
-        """Run one call; the worker is dead (and must be replaced) when this raises anything
-        other than the call's own exception."""
-        self.conn.send_bytes(message)
+        """Run one call; when this raises, the worker is dead or must be replaced."""
+        try:
+            self.conn.send_bytes(message)
+        except (BrokenPipeError, ConnectionResetError):  # it died between calls
+            raise self._death(what) from None
         if timeout is not None and not self.conn.poll(timeout):
             self.process.kill()
             raise WorkerTimeout(f"{what} ran past its timeout of {timeout:g} s: worker killed")
@@ -152,14 +186,14 @@ class _Worker:
         self.served += 1
         kind = reply[0]
         if kind == "ok":
-            return Outcome(True, reply[1], reply[2], reply[3])
+            return Outcome("ok", reply[1], reply[2], reply[3])
         if kind == "oom":
-            return Outcome(False, None, reply[2], reply[3], detail=reply[1])
+            return Outcome("oom", None, reply[2], reply[3], detail=reply[1])
         _, exc, text, type_name, message_text = reply
         if exc is None:
             exc = WorkerCrashed(f"{what} raised {type_name}: {message_text} (not picklable)")
         exc.__cause__ = _RemoteTraceback(text)
-        raise exc
+        return Outcome("error", exc, 0, 0)
 
     def _death(self, what: str) -> BaseException:
         self.process.join(5)
@@ -201,8 +235,9 @@ class WorkerPool:
     ran out of memory is replaced by the next call that needs it.
     """
 
-    def __init__(self, limit: int, workers: int, mode: str, name: str) -> None:
+    def __init__(self, limit: int, workers: int, mode: str, name: str, module: str) -> None:
         self.limit = limit
+        self.module = module
         self.mode = mode
         self.name = name
         method = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
@@ -220,20 +255,18 @@ class WorkerPool:
         worker = self._idle.get()
         try:
             if worker is None:
-                worker = _Worker(self._ctx, self.limit, self.mode, f"{next(_names)}")
+                worker = _Worker(self._ctx, self.limit, self.mode, f"{next(_names)}", self.module)
                 with self._lock:
                     self._all.append(worker)
             try:
                 outcome = worker.call(message, timeout, what)
             except _Killed as killed:
-                self._retire(worker)
-                worker = None
-                return Outcome(False, None, 0, killed.peak, detail="killed by the kernel")
-            except (WorkerCrashed, KeyboardInterrupt, SystemExit, OSError):
+                outcome = Outcome("oom", None, 0, killed.peak, detail="killed by the kernel")
+            except BaseException:  # dead, hung, or interrupted mid-call: out of step
                 self._retire(worker)
                 worker = None
                 raise
-            if not outcome.ok:  # RLIMIT_DATA: the worker exits after the reply
+            if outcome.kind == "oom":  # killed, or (RLIMIT_DATA) exiting after its reply
                 self._retire(worker)
                 worker = None
             return outcome
@@ -313,7 +346,7 @@ class Isolated:
         self.name = name
         self.limit_mb = limit_mb
         self.timeout = timeout
-        self.pool = WorkerPool(int(limit_mb * MB), workers, mode, name)
+        self.pool = WorkerPool(int(limit_mb * MB), workers, mode, name, module)
 
     in_worker = staticmethod(in_worker)
 
@@ -331,6 +364,7 @@ class Isolated:
     def call(self, args: Any, kwargs: Any) -> tuple[Any, float]:
         """One isolated call: its result and the worker's peak in MB."""
         outcome = self.pool.run(self._message(args, kwargs), self.timeout, self.name)
+        outcome.raise_error()
         if not outcome.ok:
             raise self._oom(outcome)
         return outcome.value, outcome.peak / MB
@@ -360,6 +394,7 @@ class Isolated:
             a, k = arguments(start, stop)
             try:
                 outcome = self.pool.run(self._message(a, k), self.timeout, self.name)
+                outcome.raise_error()
             except Exception as exc:
                 mark(exc, start)
                 raise

@@ -12,8 +12,9 @@ in a worker and runs undecorated. The reply is a pickled ``(kind, ...)``:
 - ``("oom", message, start_rss, peak_rss)``: an allocation failed under the worker's
   ``RLIMIT_DATA``; the worker then exits (its heap may be in any state) and is replaced.
 
-A worker ignores SIGINT (the caller decides what a Ctrl-C ends) and exits when the caller's end
-of the pipe closes, so a caller killed outright leaves no worker behind.
+A worker starts by importing the function's module and replying ``("ready",)`` (or an
+``error`` reply if that fails). It ignores SIGINT (the caller decides what a Ctrl-C ends) and
+exits when the caller's end of the pipe closes, so a caller killed outright leaves no worker.
 """
 
 from __future__ import annotations
@@ -91,16 +92,24 @@ def _call(message: bytes) -> Any:
     return result
 
 
-def serve(conn: Any, data_limit: Optional[int]) -> None:
-    """Run calls from ``conn`` until it closes (the worker's main loop)."""
+def serve(conn: Any, data_limit: Optional[int], module: str) -> None:
+    """Import ``module`` (the function's), say ``("ready",)``, then run calls from ``conn``
+    until it closes (the worker's main loop). A call's timeout counts from here on, not the
+    worker's start-up."""
     global IN_WORKER
     IN_WORKER = True
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     from .probes import MemoryProbe
 
     probe = MemoryProbe()
-    if data_limit is not None:
-        cap_data(data_limit)
+    try:
+        importlib.import_module(module)
+        if data_limit is not None:
+            cap_data(data_limit)
+    except BaseException as exc:
+        _send(conn, _error_reply(exc))
+        return
+    _send(conn, ("ready",))
     while True:
         try:
             message = conn.recv_bytes()

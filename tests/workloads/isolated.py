@@ -111,3 +111,11 @@ def echo(value: object) -> object:
 
 def bare_echo(value: object) -> object:
     return value
+
+
+@memory_guarded(isolate=True, limit_mb=200)
+def pid_or_raise(fail: bool) -> int:
+    """The worker's pid, or FileNotFoundError (an OSError: the call's own, not the pipe's)."""
+    if fail:
+        raise FileNotFoundError(2, "no such file", "/nowhere")
+    return os.getpid()
