@@ -19,7 +19,7 @@ _FIGURES = Figures()
 _OUTCOMES: dict[str, str] = {}
 #: Default soak length in seconds when the option is not registered (a run of this directory
 #: without the repository's conftest).
-DEFAULT_SOAK_SECONDS = 120.0
+DEFAULT_SOAK_SECONDS = 60.0
 
 
 @pytest.fixture(scope="session")
@@ -30,7 +30,7 @@ def figures() -> Figures:
 
 @pytest.fixture
 def soak_seconds(request: pytest.FixtureRequest) -> float:
-    """How long the soak runs: ``--soak-seconds`` (default 120)."""
+    """How long the soak runs: ``--soak-seconds`` (default 60)."""
     try:
         value = request.config.getoption("--soak-seconds")
     except ValueError:  # the option is not registered

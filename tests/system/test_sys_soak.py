@@ -1,7 +1,8 @@
 """Soak: the guard must not become the leak. A guarded ingestion loop runs for ``--soak-seconds``
-(120 in ``make test``) in a subprocess with the monitor sampling every 20 ms, thresholds just
-above the loop's baseline (alerts and light/standard/aggressive cleanups all the time),
-listeners, a registered cache and the control socket, which this test queries every 2 s.
+(60 in ``make test``, 120 in ``make reliability``) in a subprocess with the monitor sampling
+every 20 ms, thresholds just above the loop's baseline (alerts and light/standard/aggressive
+cleanups all the time), listeners, a registered cache and the control socket, which this test
+queries every 2 s.
 
 After the warm-up: RSS has no trend (least-squares slope over readings taken every 0.5 s at the
 same point of the loop, just after ``malloc_trim(0)`` so glibc's unreturned free heap top does not
