@@ -18,7 +18,7 @@ import os
 import time
 from typing import Optional
 
-from .cgroups import own_cgroup
+from .cgroups import _stat_field, own_cgroup
 from .limits import _read
 
 PREFIX = "zerorag-worker-"
@@ -27,17 +27,6 @@ PREFIX = "zerorag-worker-"
 def _write(path: str, text: str) -> None:
     with open(path, "w") as f:
         f.write(text)
-
-
-def _counter(text: Optional[str], name: str) -> int:
-    for line in (text or "").splitlines():
-        field, _, value = line.partition(" ")
-        if field == name:
-            try:
-                return int(value)
-            except ValueError:
-                return 0
-    return 0
 
 
 def _remove_stale(parent: str) -> None:
@@ -106,9 +95,8 @@ class WorkerCgroup:
 
     def oom_kills(self) -> int:
         """How many processes the kernel's OOM killer killed in this cgroup."""
-        if self.version == "v1":
-            return _counter(_read(os.path.join(self.path, "memory.oom_control")), "oom_kill")
-        return _counter(_read(os.path.join(self.path, "memory.events")), "oom_kill")
+        name = "memory.oom_control" if self.version == "v1" else "memory.events"
+        return _stat_field(_read(os.path.join(self.path, name)), "oom_kill") or 0
 
     def peak_bytes(self) -> Optional[int]:
         """The most the cgroup was charged, where the kernel keeps it."""
