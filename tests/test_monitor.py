@@ -398,8 +398,37 @@ def test_levels_run_their_cleanups_within_cool_downs(readings: Readings, clock: 
     m.sample()
     assert cleanup_counts(m)["aggressive"] == 1  # 10 s < 15 s cool-down
     clock.advance(5)
+    m.sample()  # 15 s: due, but the first one freed nothing, so its cool-down doubled
+    assert cleanup_counts(m)["aggressive"] == 1
+    clock.advance(15)
     m.sample()
     assert cleanup_counts(m)["aggressive"] == 2
+    m.stop()
+
+
+def test_futile_full_cleanups_back_off(readings: Readings, clock: Clock) -> None:
+    # At 1,300 MB that no cleanup frees (a loaded model above the thresholds), each futile
+    # aggressive cleanup doubles the next one's cool-down (15 s): 30, 60, then 120 s at most.
+    m = make_monitor(readings, clock, cleanup_cooldown_seconds=5, aggressive_cooldown_seconds=15)
+    clock.advance(100)
+    readings.set(1300)
+    times = []
+    for second in range(400):
+        before = cleanup_counts(m)["aggressive"]
+        m.sample()
+        if cleanup_counts(m)["aggressive"] > before:
+            times.append(second)
+        clock.advance(1)
+    assert times == [0, 30, 90, 210, 330]
+    # One that frees memory (a cache it clears gives back 50 MB) resets the cool-down.
+    m.register_cache(lambda: readings.set(1250))
+    clock.advance(120)
+    m.sample()
+    assert cleanup_counts(m)["aggressive"] == len(times) + 1
+    readings.set(1300)
+    clock.advance(15)
+    m.sample()
+    assert cleanup_counts(m)["aggressive"] == len(times) + 2
     m.stop()
 
 

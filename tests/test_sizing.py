@@ -14,7 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from zerorag_guard.probes import MB
-from zerorag_guard.sizing import RELEARN, SAFETY, BatchSizer
+from zerorag_guard.sizing import PACE_MIN_SECONDS, PACE_RETRY, RELEARN, SAFETY, BatchSizer, Pace
 
 
 def test_slow_start_doubles_up_to_the_cap() -> None:
@@ -263,6 +263,61 @@ def test_a_loop_that_starts_or_stops_sharing_its_reading_learns_afresh() -> None
     sizer.share(alone=False)  # another loop started: its batches are in the readings now
     assert sizer.fixed_cost == 0 and sizer.cost_per_item is not None
     assert sizer.cost_per_item * sizer.last == pytest.approx(sizer.predict(sizer.last))
+
+
+# -- time: a larger batch that is slower per item ---------------------------------------------
+def timed(sizer: BatchSizer, seconds_per_item: Callable[[int], float], batches: int) -> list[int]:
+    """``batches`` batches far from any limit (1 MB an item, 10 GB of room), each taking
+    ``seconds_per_item(size)`` per item."""
+    sizes = []
+    for _ in range(batches):
+        size = sizer.next_size(100 * MB, 10_000 * MB)
+        sizer.learn(
+            size, 100 * MB, (100 + size) * MB, 10_000 * MB, seconds=size * seconds_per_item(size)
+        )
+        sizes.append(size)
+    return sizes
+
+
+def test_batches_do_not_grow_into_sizes_slower_per_item() -> None:
+    # A model that pads each call to its longest text: 8-15 items a call is the fastest per
+    # item, 16 and more 30% slower. Slow start reaches 16, then the loop stays at 15
+    # but for one batch in PACE_RETRY, which measures the slower class again.
+    sizes = timed(BatchSizer(64), lambda n: 0.02 if n < 8 else 0.01 if n < 16 else 0.013, 80)
+    assert sizes[:7] == [1, 2, 4, 8, 16, 15, 15]
+    later = sizes[10:]
+    assert max(later) <= 30 and later.count(15) >= len(later) - len(later) // PACE_RETRY - 1
+    # Where larger is as fast or faster per item, the pace caps nothing: batches reach the target.
+    assert timed(BatchSizer(64), lambda n: 0.01 + 0.05 / n, 12)[-1] == 64
+    assert timed(BatchSizer(64), lambda n: 0.01, 12)[-1] == 64
+
+
+def test_a_slow_class_is_tried_again_and_lifted_when_it_got_faster() -> None:
+    pace = Pace()
+    for size, per_item in [(8, 0.01), (16, 0.02)]:
+        pace.learn(size, size * per_item)
+    assert pace.cap() == 15
+    for _ in range(3):  # the retries show 16-31 as fast as 8-15 now (the median of the last 3)
+        pace.learn(16, 16 * 0.01)
+    assert pace.cap() is None
+
+
+def test_batches_too_quick_to_time_teach_no_pace() -> None:
+    pace = Pace()
+    pace.learn(8, 8 * 0.0001)
+    pace.learn(32, PACE_MIN_SECONDS / 2)  # 4x slower per item, but within the clock's noise
+    assert pace.cap() is None
+
+
+def test_the_retry_comes_once_in_pace_retry_batches() -> None:
+    pace = Pace()
+    pace.learn(8, 0.1)
+    pace.learn(16, 0.4)
+    caps = []
+    for _ in range(2 * PACE_RETRY):
+        caps.append(pace.cap())
+        pace.learn(8, 0.1)
+    assert caps.count(31) == 2 and caps.count(15) == 2 * PACE_RETRY - 2
 
 
 NOISY_BATCHES = 100

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import itertools
 import logging
+import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
@@ -45,6 +46,7 @@ class _Loop:
         self._reading: Optional[int] = None
         self.checkpoint = budget._loop_checkpoint()
         self.done = 0  # items of this loop done, skipped ones included
+        self._handed = 0.0  # when the batch was handed out: its time teaches the sizer's pace
         self._ended = False
         if self.checkpoint is not None:
             self.done = self.checkpoint.skip
@@ -73,6 +75,7 @@ class _Loop:
         """A batch is about to be handed out."""
         if self.checkpoint is not None:
             self.checkpoint.begin(self.done, batch)
+        self._handed = time.perf_counter()
 
     def plan(self) -> tuple[int, Any, int]:
         """Before a batch: apply the policy, reserve and choose the size, open the peak window."""
@@ -112,7 +115,8 @@ class _Loop:
         return size, scope.window(exact, reading), reading
 
     def finish(self, batch: list[Any], window: Any, start_rss: int) -> None:
-        """After a batch: count it as processed and learn its cost from its peak."""
+        """After a batch: count it as processed and learn its cost from its peak and time."""
+        seconds = time.perf_counter() - self._handed
         budget = self.budget
         count = len(batch)
         budget.processed += count
@@ -128,7 +132,7 @@ class _Loop:
             window.note(self._reading)
             self.peak = int(window.close(read=False))
         budget._note_peak(self.peak)
-        self.sizer.learn(count, start_rss, self.peak, self.limit, window.exact)
+        self.sizer.learn(count, start_rss, self.peak, self.limit, window.exact, seconds)
 
     def out_of_items(self) -> None:
         """The iterable ran out: the loop is complete."""

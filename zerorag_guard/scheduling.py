@@ -14,6 +14,10 @@ from .events import CLEANUP_FOR_LEVEL, Level
 from .probes import MB
 
 AlertFn = Callable[..., Any]
+#: A cleanup that freed less than this was futile: the next one of its kind waits longer...
+FUTILE_BYTES = MB
+#: ... its cool-down doubled for each futile one in a row, up to this many doublings.
+BACKOFF_DOUBLINGS = 3
 
 
 class CleanupScheduler:
@@ -44,6 +48,7 @@ class CleanupScheduler:
         self.after_cleanup: collections.deque[tuple[float, float]] = collections.deque(maxlen=50)
         self.overflows = 0
         self._last: dict[str, float] = {}
+        self._futile = dict.fromkeys(STRATEGIES, 0)  # futile cleanups in a row, by kind
         self.worker = CleanupWorker(self.run, settings().cleanup_queue_size)
 
     def run(self, strategy: str) -> CleanupResult:
@@ -53,6 +58,10 @@ class CleanupScheduler:
         with self._lock:
             self.counts[strategy] += 1
             self.freed_bytes[strategy] += result.freed_bytes
+            futile = strategy != "light" and result.freed_bytes < FUTILE_BYTES
+            self._futile[strategy] = (
+                min(self._futile[strategy] + 1, BACKOFF_DOUBLINGS) if futile else 0
+            )
             self.last_result = result
             if strategy != "light":
                 self.after_cleanup.append((self._clock(), result.rss_after / MB))
@@ -75,14 +84,14 @@ class CleanupScheduler:
         return False
 
     def due(self, strategy: str) -> bool:
-        """Whether ``strategy`` is past its cool-down and, for the routine ones (light and
-        standard), within the GC time budget."""
+        """Whether ``strategy`` is past its cool-down (longer after futile ones) and, for the
+        routine ones (light and standard), within the GC time budget."""
         cfg = self._settings()
         cooldown = (
             cfg.aggressive_cooldown_seconds
             if strategy == "aggressive"
             else cfg.cleanup_cooldown_seconds
-        )
+        ) * 2 ** self._futile[strategy]
         if self._clock() - self._last.get(strategy, float("-inf")) < cooldown:
             return False
         return strategy == "aggressive" or self._cleaner.within_gc_budget(cfg.gc_time_budget)

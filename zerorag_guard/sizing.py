@@ -31,6 +31,14 @@ for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
   ``SETTLE`` batches were measured, times the noise over the median ratio), so a line that
   read a cost as flat cannot grow batches faster than their peaks show.
 
+Time counts too, within what memory allows: a batch's items may cost more each in a larger
+batch (an embedding model pads every text of a call to its longest, so a call of 32 is slower
+per text than four of 8). Each finished batch's seconds per item are kept by size class (sizes
+1, 2-3, 4-7, 8-15, ...); a class slower per item than the fastest by more than ``PACE_SLACK``
+is not grown into, and once in ``PACE_RETRY`` batches it is tried again, so one slow reading
+does not cap a loop for good. Batches shorter than ``PACE_MIN_SECONDS`` teach no pace (their
+time is the loop's own overhead and the clock's noise).
+
 Only a loop alone in its reading (no other loop in the process, no process tree) reuses
 memory and splits its cost in two: with others, another loop's batch is in every reading, and
 all of a batch's cost counts per item.
@@ -57,6 +65,43 @@ STARTS = WINDOW
 STEP = 1.25
 #: Far from the limit, one batch in this many is still measured exactly, to keep learning.
 RELEARN = 8
+#: A size class this much slower per item than the fastest is not grown into...
+PACE_SLACK = 1.1
+#: ... except one batch in this many, which measures it again.
+PACE_RETRY = 16
+#: Batches quicker than this teach no pace; the last few of a class are its pace (median).
+PACE_MIN_SECONDS = 0.005
+PACE_SAMPLES = 3
+
+
+class Pace:
+    """Seconds per item by size class (``size.bit_length()``): the largest size worth its time."""
+
+    def __init__(self) -> None:
+        self._classes: dict[int, collections.deque[float]] = {}
+        self._batches = 0
+
+    def learn(self, size: int, seconds: float) -> None:
+        """A batch of ``size`` items took ``seconds`` (from handed out to the next request)."""
+        self._batches += 1
+        if size > 0 and seconds >= PACE_MIN_SECONDS:
+            recent = self._classes.setdefault(
+                size.bit_length(), collections.deque(maxlen=PACE_SAMPLES)
+            )
+            recent.append(seconds / size)
+
+    def cap(self) -> Optional[int]:
+        """The largest size below the smallest class slower than ``PACE_SLACK`` times the
+        fastest class (a larger one, every ``PACE_RETRY``-th batch); None when no class is."""
+        paces = {c: sorted(d)[len(d) // 2] for c, d in self._classes.items()}
+        if len(paces) < 2:
+            return None
+        best = min(paces, key=paces.__getitem__)
+        slow = [c for c, pace in paces.items() if c > best and pace > PACE_SLACK * paces[best]]
+        if not slow:
+            return None
+        first = min(slow) + (1 if self._batches % PACE_RETRY == 0 else 0)
+        return (1 << (first - 1)) - 1
 
 
 class BatchSizer:
@@ -79,6 +124,7 @@ class BatchSizer:
         self._cheap = 0
         self._exact_max = 0  # the largest batch whose peak was measured exactly
         self._first = min_size  # the first batch's size: see start_at()
+        self.pace = Pace()
 
     def start_at(self, size: int) -> None:
         """Make the first batch ``size`` (within the bounds) rather than ``min_size``: a loop
@@ -199,6 +245,9 @@ class BatchSizer:
                 probe = min(grow, math.ceil(1.5 * self.min_size))
                 if probe > self._exact_max and floor + probe * per_item <= limit:
                     size = probe
+        pace = self.pace.cap()
+        if pace is not None:
+            size = min(size, max(pace, self.min_size))
         if self._halve:
             size = min(size, self.last // 2)
         if headroom <= 0:
@@ -241,12 +290,20 @@ class BatchSizer:
         return False
 
     def learn(
-        self, size: int, start_rss: int, peak_rss: int, limit: int, exact: bool = True
+        self,
+        size: int,
+        start_rss: int,
+        peak_rss: int,
+        limit: int,
+        exact: bool = True,
+        seconds: Optional[float] = None,
     ) -> None:
-        """Record a finished batch of ``size`` items that started at ``start_rss`` and peaked at
-        ``peak_rss``. Every start moves the floor; only exact peaks teach the cost; a peak over
-        the limit halves the next batch, and so does one near it unless the batch cost what was
-        planned."""
+        """Record a finished batch of ``size`` items that started at ``start_rss``, peaked at
+        ``peak_rss`` and took ``seconds`` (None: not timed). Every start moves the floor; only
+        exact peaks teach the cost; a peak over the limit halves the next batch, and so does one
+        near it unless the batch cost what was planned."""
+        if seconds is not None:
+            self.pace.learn(size, seconds)
         used = max(0, peak_rss - self.floor(start_rss))
         planned = self.predict(size)
         if size > 0 and exact:
