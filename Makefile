@@ -3,7 +3,7 @@
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-EXTRAS := test,docs,dotenv,cli,demo,vectorstores,embeddings,dask,prometheus,bench
+EXTRAS := test,docs,dotenv,cli,demo,vectorstores,embeddings,llamaindex,dask,prometheus,bench
 # torch pinned for the project's own environments (the local CPU wheel): see the file.
 CONSTRAINTS := constraints/test.txt
 SOURCES := zerorag_guard tests benchmarks scripts debug_memory_usage.py
@@ -34,9 +34,9 @@ docs: venv
 # and the modules the store tests import (langchain, chroma, qdrant) made each of them about 3x
 # slower (one: 7.6 s alone, 21.3 s beside tests/test_store_suites.py).
 test: lint typecheck docs
-	$(BIN)/pytest tests/test_leaks.py
-	$(BIN)/pytest --ignore=tests/test_leaks.py
-	$(BIN)/pytest benchmarks --benchmark-disable -q
+	$(BIN)/pytest tests/test_leaks.py --durations=5
+	$(BIN)/pytest --ignore=tests/test_leaks.py --durations=25
+	$(BIN)/pytest benchmarks --benchmark-disable -q --durations=10
 
 test-fast: venv
 	$(BIN)/pytest -x -q -m "not slow and not system"

@@ -149,6 +149,22 @@ CLAIMS = [
         1.0,
         True,
     ),
+    (
+        "a guarded LlamaIndex pipeline's peak over 4x the files is within 10% of that over 1x",
+        "llamaindex",
+        "test_memory_does_not_follow_the_corpus",
+        "peak_4x_vs_1x",
+        1.10,
+        True,
+    ),
+    (
+        "and it keeps at least 90% of the bare pipeline's throughput",
+        "llamaindex",
+        "test_throughput_against_the_bare_pipeline",
+        "throughput_vs_bare",
+        0.90,
+        False,
+    ),
 ]
 
 

@@ -32,3 +32,12 @@ def _fresh_global_monitor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     monitor_module._reset_global_for_tests()
     yield
     monitor_module._reset_global_for_tests()
+
+
+@pytest.fixture
+def no_pace(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Chunk sizes from memory alone: batches' times (the sizer's pace, which a loaded machine
+    makes vary) cap nothing. For tests that assert exact sizes from real writes."""
+    from zerorag_guard import sizing
+
+    monkeypatch.setattr(sizing, "PACE_SLACK", float("inf"))

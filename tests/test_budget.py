@@ -147,6 +147,18 @@ def test_slow_start_then_target_batch_size() -> None:
     assert budget.processed == 300
 
 
+def test_a_loop_may_start_past_slow_starts_first_batch() -> None:
+    monitor = monitor_with(Steady(100))
+    with memory_budget(500, batch_size=40, monitor=monitor) as budget:
+        items = [x for batch in budget.chunks(range(100), first_batch_size=10) for x in batch]
+    assert items == list(range(100)) and budget.batch_sizes[:3] == [10, 20, 40]
+    with memory_budget(500, batch_size=40, monitor=monitor) as budget:
+        assert [len(b) for b in budget.chunks(range(100), first_batch_size=1000)][:2] == [40, 40]
+    for bad in (0, -3, 2.5, True):
+        with pytest.raises(ValueError, match=f"first_batch_size={bad!r} is not valid"):
+            budget.chunks(range(3), first_batch_size=bad)  # type: ignore[arg-type]
+
+
 def test_batch_size_is_the_cap_unless_a_max_batch_size_allows_more() -> None:
     monitor = monitor_with(Steady(100), batch_size=10)
     with memory_budget(500, monitor=monitor) as budget:

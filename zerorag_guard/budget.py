@@ -461,20 +461,43 @@ class MemoryBudget:
         )
 
     # -- adaptive chunks --------------------------------------------------------------------------
-    def chunks(self, iterable: Iterable[T], batch_size: Optional[int] = None) -> Iterator[list[T]]:
+    def chunks(
+        self,
+        iterable: Iterable[T],
+        batch_size: Optional[int] = None,
+        *,
+        first_batch_size: Optional[int] = None,
+    ) -> Iterator[list[T]]:
         """Split ``iterable`` into lists whose size adapts to measured memory.
 
         Every item is handed out exactly once, in order. A batch counts as processed when the
         loop asks for the next one, so after an exception ``processed`` is the resume cursor.
-        ``batch_size`` overrides the budget's target size for this loop.
+        ``batch_size`` overrides the budget's target size for this loop. ``first_batch_size``
+        replaces slow start's first batch (``min_batch_size``) when the caller knows what a
+        batch of these items costs: a guarded store starts each write at the largest batch of
+        its previous one.
         """
-        return chunking.chunks(self, iterable, _count(batch_size, "batch_size"))
+        return chunking.chunks(
+            self,
+            iterable,
+            _count(batch_size, "batch_size"),
+            _count(first_batch_size, "first_batch_size"),
+        )
 
     def achunks(
-        self, iterable: Union[AsyncIterable[T], Iterable[T]], batch_size: Optional[int] = None
+        self,
+        iterable: Union[AsyncIterable[T], Iterable[T]],
+        batch_size: Optional[int] = None,
+        *,
+        first_batch_size: Optional[int] = None,
     ) -> AsyncIterator[list[T]]:
         """:meth:`chunks` for ``async for``, over an async or a plain iterable."""
-        return chunking.achunks(self, iterable, _count(batch_size, "batch_size"))
+        return chunking.achunks(
+            self,
+            iterable,
+            _count(batch_size, "batch_size"),
+            _count(first_batch_size, "first_batch_size"),
+        )
 
     def stats(self) -> dict[str, Any]:
         """What the budget saw: limit, peak, items, batches, cleanups by kind, time."""

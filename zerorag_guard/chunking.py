@@ -30,7 +30,9 @@ _NOTHING: Any = object()
 class _Loop:
     """One chunking loop's state: the sizer, its scope and the budget it reports to."""
 
-    def __init__(self, budget: MemoryBudget, batch_size: Optional[int], polls: int) -> None:
+    def __init__(
+        self, budget: MemoryBudget, batch_size: Optional[int], first: Optional[int], polls: int
+    ) -> None:
         s = budget._settings
         target = batch_size or s.batch_size or budget.monitor.config.batch_size
         if s.max_batch_size is not None:
@@ -48,6 +50,8 @@ class _Loop:
         self.done = 0  # items of this loop done, skipped ones included
         self._handed = 0.0  # when the batch was handed out: its time teaches the sizer's pace
         self._ended = False
+        if first is not None:
+            self.sizer.start_at(first)
         if self.checkpoint is not None:
             self.done = self.checkpoint.skip
             budget.skipped += self.done
@@ -159,10 +163,13 @@ def _skip(it: Iterator[Any], count: int) -> tuple[int, Any]:
 
 
 def chunks(
-    budget: MemoryBudget, iterable: Iterable[T], batch_size: Optional[int]
+    budget: MemoryBudget,
+    iterable: Iterable[T],
+    batch_size: Optional[int],
+    first: Optional[int] = None,
 ) -> Iterator[list[T]]:
     """The batches of ``iterable``, each item once and in order (see ``MemoryBudget.chunks``)."""
-    loop = _Loop(budget, batch_size, MAX_POLLS)
+    loop = _Loop(budget, batch_size, first, MAX_POLLS)
     it = iter(iterable)
     try:
         if loop.finished:
@@ -189,10 +196,13 @@ def chunks(
 
 
 async def achunks(
-    budget: MemoryBudget, iterable: Union[AsyncIterable[T], Iterable[T]], batch_size: Optional[int]
+    budget: MemoryBudget,
+    iterable: Union[AsyncIterable[T], Iterable[T]],
+    batch_size: Optional[int],
+    first: Optional[int] = None,
 ) -> AsyncIterator[list[T]]:
     """:func:`chunks` for ``async for``, over an async or a plain iterable."""
-    loop = _Loop(budget, batch_size, 0)  # a waiting task would block the others' batches
+    loop = _Loop(budget, batch_size, first, 0)  # a waiting task would block the others' batches
     ait = iterable.__aiter__() if isinstance(iterable, AsyncIterable) else None
     it = None if ait is not None else iter(iterable)  # type: ignore[arg-type]
     try:

@@ -118,6 +118,13 @@ class GuardedStore(wrapt.ObjectProxy):
             checkpoint=s["checkpoint"],
         )
 
+    def _first_batch(self) -> Optional[int]:
+        """A write starts where the previous one got to (its largest batch), not at slow
+        start's one item: against a persistent store each call has a fixed cost (chroma's
+        embedded client: about 50 ms), and a chunk of nodes already built costs little more."""
+        last = self._self_last
+        return max(last.batch_sizes) if last is not None and last.batch_sizes else None
+
     def _prepare(self, name: str, args: Any, kwargs: Any) -> tuple[Any, Any, Optional[Plan]]:
         method = getattr(self.__wrapped__, name)
         signature = self._self_signatures.get(name)
@@ -149,9 +156,10 @@ class GuardedStore(wrapt.ObjectProxy):
             return method(*args, **kwargs)
         budget = self._budget(self.max_batch_size())
         results = []
+        first = self._first_batch()
         with AccountedWrite(budget, self._self_stats, plan.count) as active:
             self._self_last = active
-            for batch in active.chunks(plan.items):
+            for batch in active.chunks(plan.items, first_batch_size=first):
                 a, k = rebuild(bound, plan.adapt(plan.part_of(batch)))
                 results.append(method(*a, **k))
         return combine(results)
@@ -165,9 +173,10 @@ class GuardedStore(wrapt.ObjectProxy):
             cap = await cap
         budget = self._budget(cap)
         results = []
+        first = self._first_batch()
         async with AccountedWrite(budget, self._self_stats, plan.count) as active:
             self._self_last = active
-            async for batch in active.achunks(plan.items):
+            async for batch in active.achunks(plan.items, first_batch_size=first):
                 a, k = rebuild(bound, plan.adapt(plan.part_of(batch)))
                 results.append(await method(*a, **k))
         return combine(results)
@@ -336,13 +345,15 @@ _KINDS: dict[str, type[GuardedStore]] = {
 
 
 def store_kind(store: Any) -> str:
-    """``chromadb``, ``qdrant``, ``faiss`` or ``langchain``, from the modules of the store's
-    classes (nothing is imported); ``TypeError`` for anything else."""
+    """``chromadb``, ``qdrant``, ``faiss``, ``langchain`` or ``llamaindex``, from the modules of
+    the store's classes (nothing is imported); ``TypeError`` for anything else."""
     for cls in type(store).__mro__:
         module = getattr(cls, "__module__", "") or ""
         root = module.split(".")[0]
         if cls.__name__ == "VectorStore" and root.startswith("langchain"):
             return "langchain"
+        if cls.__name__ == "BasePydanticVectorStore" and root == "llama_index":
+            return "llamaindex"
         if root == "chromadb" and hasattr(store, "upsert") and hasattr(store, "_client"):
             return "chromadb"
         if root == "qdrant_client" and hasattr(store, "upload_points"):
@@ -351,8 +362,8 @@ def store_kind(store: Any) -> str:
             return "faiss"
     raise TypeError(
         f"guard_store() cannot guard {type(store).__module__}.{type(store).__qualname__}: "
-        "expected a chromadb Collection, a qdrant_client QdrantClient, a faiss Index or a "
-        "LangChain VectorStore"
+        "expected a chromadb Collection, a qdrant_client QdrantClient, a faiss Index, a "
+        "LangChain VectorStore or a LlamaIndex vector store"
     )
 
 
@@ -395,4 +406,9 @@ def guard_store(
         if checkpoint is None
         else Checkpoint(checkpoint, reset=reset_checkpoint),
     }
-    return _KINDS[store_kind(store)](store, settings)
+    kind = store_kind(store)
+    if kind == "llamaindex":
+        from .llamaindex import LlamaIndexStore
+
+        return LlamaIndexStore(store, settings)
+    return _KINDS[kind](store, settings)
