@@ -120,7 +120,10 @@ def test_the_real_own_cgroup_working_set_leaves_out_page_cache(tmp_path: Path) -
     usage = usage_now()
     assert ws_before is not None and working is not None
     print(f"usage +{(usage - usage_before) / MB:.1f} MB, ws +{(working - ws_before) / MB:.1f} MB")
-    assert usage - usage_before >= 48 * MB  # the kernel charged the cache to this cgroup...
+    # The kernel charged the cache to this cgroup... The cgroup is shared with every process
+    # here, so others' memory moves its usage in between: once, in a full make test, usage rose
+    # 42.3 MB for the 64 MB read (the bound was 48). Half of it is the claim.
+    assert usage - usage_before >= 32 * MB
     assert working - ws_before < 24 * MB  # ... and the working set leaves it out
     with open(os.path.join(cgroup.path, "memory.stat")) as f:
         inactive = dict(line.split() for line in f)[stat_name]
