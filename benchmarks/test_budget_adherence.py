@@ -11,13 +11,11 @@ its rise over the start, the budget and the batches; the time is the whole job, 
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs import run_job
 
 JOB = Path(__file__).resolve().parent.parent / "tests" / "workloads" / "batch_job.py"
 COMMON = ["--items", "1000", "--item-kb", "200"]
@@ -29,21 +27,14 @@ VARIANTS = {
 }
 
 
-def run_job(args: list[str]) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, str(JOB), *args, *COMMON],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+def adherence_job(args: list[str]) -> dict[str, Any]:
+    return run_job(JOB, *args, *COMMON, timeout=120)
 
 
 @pytest.mark.benchmark(group="budget-adherence")
 @pytest.mark.parametrize("variant", list(VARIANTS))
 def test_budget_adherence(benchmark: Any, variant: str) -> None:
-    result = benchmark.pedantic(run_job, args=(VARIANTS[variant],), rounds=3, iterations=1)
+    result = benchmark.pedantic(adherence_job, args=(VARIANTS[variant],), rounds=3, iterations=1)
     assert result["items"] == 1000 and result["checksum_ok"]
     rise = result["peak_mb"] - result["base_mb"]
     extra = {

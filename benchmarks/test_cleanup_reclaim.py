@@ -8,26 +8,17 @@ own seconds.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs import run_job
 
 SCRIPT = Path(__file__).resolve().parent / "fragmented_heap.py"
 
 
 def run_heap(strategy: str) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, str(SCRIPT), strategy],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=120,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_job(SCRIPT, strategy, timeout=120)
 
 
 @pytest.mark.benchmark(group="cleanup-reclaim")

@@ -16,12 +16,12 @@ ledger, and the throughput of loops and processes that share one headroom.
 
 from __future__ import annotations
 
-import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs import run_job
 from paired import paired_medians
 
 from zerorag_guard import memory_budget
@@ -53,13 +53,7 @@ def test_group_batch_cost(benchmark: Any, scope: str) -> None:
 
 
 def group_job(*args: str) -> float:
-    job = TESTS / "workloads" / "group_job.py"
-    out = subprocess.run(
-        [sys.executable, str(job), *args], capture_output=True, text=True, check=True, timeout=300
-    )
-    import json
-
-    report = json.loads(out.stdout.strip().splitlines()[-1])
+    report = run_job(TESTS / "workloads" / "group_job.py", *args)
     assert report["exactly_once"]
     return float(report["seconds"])
 

@@ -18,13 +18,11 @@ persistent chroma collection.
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs import run_job
 
 pytest.importorskip("llama_index.core")
 pytest.importorskip("llama_index.vector_stores.chroma")
@@ -37,24 +35,17 @@ ROUNDS = 3
 SMOKE_FILES = 4
 
 
-def run_job(directory: Path, mode: str, files: int) -> dict[str, Any]:
+def run_pipeline(directory: Path, mode: str, files: int) -> dict[str, Any]:
     directory.mkdir(parents=True)
-    out = subprocess.run(
-        [sys.executable, str(JOB), str(directory), mode, "--files", str(files)],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=900,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+    return run_job(JOB, str(directory), mode, "--files", str(files), timeout=900)
 
 
 @pytest.mark.benchmark(group="llamaindex")
 def test_memory_does_not_follow_the_corpus(benchmark: Any, tmp_path: Path) -> None:
     files = SMOKE_FILES if benchmark.disabled else FILES
-    small = run_job(tmp_path / "1x", "guarded", files)
+    small = run_pipeline(tmp_path / "1x", "guarded", files)
     large = benchmark.pedantic(
-        run_job, args=(tmp_path / "4x", "guarded", 4 * files), rounds=1, iterations=1
+        run_pipeline, args=(tmp_path / "4x", "guarded", 4 * files), rounds=1, iterations=1
     )
     assert large["stored"] > 3 * small["stored"] > 0
     benchmark.extra_info.update(
@@ -73,15 +64,18 @@ def test_throughput_against_the_bare_pipeline(benchmark: Any, tmp_path: Path) ->
     rounds = 1 if benchmark.disabled else ROUNDS
     bare, guarded = [], []
     for i in range(rounds):
-        bare.append(run_job(tmp_path / f"bare-{i}", "bare", files))
+        bare.append(run_pipeline(tmp_path / f"bare-{i}", "bare", files))
         if i == 0:
             guarded.append(
                 benchmark.pedantic(
-                    run_job, args=(tmp_path / "guarded-0", "guarded", files), rounds=1, iterations=1
+                    run_pipeline,
+                    args=(tmp_path / "guarded-0", "guarded", files),
+                    rounds=1,
+                    iterations=1,
                 )
             )
         else:
-            guarded.append(run_job(tmp_path / f"guarded-{i}", "guarded", files))
+            guarded.append(run_pipeline(tmp_path / f"guarded-{i}", "guarded", files))
     assert {run["stored"] for run in bare + guarded} == {bare[0]["stored"]}
     best_bare = max(run["nodes_per_second"] for run in bare)
     best_guarded = max(run["nodes_per_second"] for run in guarded)

@@ -13,13 +13,11 @@ machine's moments. ``extra_info`` also carries the peaks, the ceiling and the ba
 
 from __future__ import annotations
 
-import json
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
+from jobs import run_job
 
 JOB = Path(__file__).resolve().parent.parent / "tests" / "workloads" / "model_job.py"
 PASSAGES = "150"
@@ -31,15 +29,8 @@ ROUNDS = 3
 SMOKE_PASSAGES = "20"
 
 
-def run_job(*args: str, passages: str = PASSAGES) -> dict[str, Any]:
-    out = subprocess.run(
-        [sys.executable, str(JOB), *args, "--passages", passages],
-        capture_output=True,
-        text=True,
-        check=True,
-        timeout=600,
-    )
-    return json.loads(out.stdout.strip().splitlines()[-1])  # type: ignore[no-any-return]
+def model_job(*args: str, passages: str = PASSAGES) -> dict[str, Any]:
+    return run_job(JOB, *args, "--passages", passages, timeout=600)
 
 
 @pytest.mark.benchmark(group="real-model")
@@ -49,7 +40,7 @@ def test_real_model_throughput_against_the_best_fixed_batch(
 ) -> None:
     passages = SMOKE_PASSAGES if benchmark.disabled else PASSAGES
     guarded = benchmark.pedantic(
-        run_job,
+        model_job,
         args=("guarded", "--over-loaded-mb", str(over_loaded_mb)),
         kwargs={"passages": passages},
         rounds=1,
@@ -61,10 +52,10 @@ def test_real_model_throughput_against_the_best_fixed_batch(
     for round_ in range(1 if benchmark.disabled else ROUNDS):
         if round_:
             runs.append(
-                run_job("guarded", "--over-loaded-mb", str(over_loaded_mb), passages=passages)
+                model_job("guarded", "--over-loaded-mb", str(over_loaded_mb), passages=passages)
             )
         for size in sizes:
-            fixed_runs[size].append(run_job("fixed", "--batch", str(size), passages=passages))
+            fixed_runs[size].append(model_job("fixed", "--batch", str(size), passages=passages))
     # Every guarded run holds: every passage stored, and the bound of tests/test_real_model.py,
     # 2% of the room (a passage's cost follows its length).
     for run in runs:

@@ -204,14 +204,7 @@ class ChromaStore(GuardedStore):
         return self._dispatch("upsert", args, kwargs)
 
     def max_batch_size(self) -> Any:
-        client = getattr(self.__wrapped__, "_client", None)
-        getter = getattr(client, "get_max_batch_size", None)
-        if getter is None:
-            return None
-        try:
-            return getter()
-        except Exception:  # a client that cannot tell: no ceiling of its own
-            return None
+        return chroma_max_batch_size(getattr(self.__wrapped__, "_client", None))
 
     def store_figures(self) -> dict[str, Any]:
         store = self.__wrapped__
@@ -365,6 +358,18 @@ def store_kind(store: Any) -> str:
         "expected a chromadb Collection, a qdrant_client QdrantClient, a faiss Index, a "
         "LangChain VectorStore or a LlamaIndex vector store"
     )
+
+
+def chroma_max_batch_size(client: Any) -> Any:
+    """The largest write a chroma ``client`` takes (an awaitable for an async client); None
+    when it cannot tell."""
+    getter = getattr(client, "get_max_batch_size", None)
+    if getter is None:
+        return None
+    try:
+        return getter()
+    except Exception:  # a client that cannot tell: no ceiling of its own
+        return None
 
 
 def guard_store(
