@@ -2,10 +2,10 @@
 chroma collection, by the bare ``IngestionPipeline.run`` or by ``guard_pipeline(...).run``.
 
 ``python llamaindex_job.py DIRECTORY bare|guarded [--files N] [--embedder hashing|minilm]
-[--over-loaded-mb D]``. The embedding is the project's adapter (``minilm``: all-MiniLM-L6-v2,
-the packaged weights, offline). The model is loaded before anything is measured; with
-``--over-loaded-mb`` the guarded run's ceiling is this process's memory then plus D (the
-model's first calls pay their warm-up inside the budget, as a user's job does). The documents
+[--over-loaded-mb D] [--num-workers N]``. The embedding is the project's adapter (``minilm``:
+all-MiniLM-L6-v2, the packaged weights, offline). The model is loaded before anything is
+measured; with ``--over-loaded-mb`` the guarded run's ceiling is this process's memory then plus
+D (the model's first calls pay their warm-up inside the budget, as a user's job does). The documents
 are read lazily, one by one, by a generator in both modes (the bare run takes a list: it reads
 them all first). Prints one JSON line: nodes stored, seconds, the exact peak over the run (the
 kernel's mark) and where it started, the ceiling and the budget's batches.
@@ -39,6 +39,7 @@ def main() -> None:
     parser.add_argument("--files", type=int, default=12)
     parser.add_argument("--embedder", choices=["hashing", "minilm"], default="hashing")
     parser.add_argument("--over-loaded-mb", type=float, default=None)
+    parser.add_argument("--num-workers", type=int, default=None)
     args = parser.parse_args()
 
     import chromadb
@@ -66,17 +67,18 @@ def main() -> None:
     window = probe.open_window(exact=True)  # the kernel's mark over the run, kept open
     began = time.perf_counter()
     if args.mode == "bare":
-        pipe.run(documents=list(documents(args.files)))
+        pipe.run(documents=list(documents(args.files)), num_workers=args.num_workers)
     else:
         ceiling = None if args.over_loaded_mb is None else start_mb + args.over_loaded_mb
         run = guard_pipeline(pipe, limit_mb=ceiling)
-        run.run(documents(args.files), return_nodes=False)
+        run.run(documents(args.files), return_nodes=False, num_workers=args.num_workers)
         budget = run.last_budget
         assert budget is not None
         result.update(
             ceiling_mb=None if ceiling is None else round(ceiling, 1),
             budget_peak_mb=round(budget.peak_mb, 1),
             batches=budget.batch_sizes,
+            scope=budget.stats()["scope"],
         )
     seconds = time.perf_counter() - began
     stored = coll.count()

@@ -20,12 +20,14 @@ failure mid-way carrying ``zerorag_processed``. Nothing here imports LlamaIndex 
 
 from __future__ import annotations
 
+import contextlib
+import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Optional, Union
 
 from ..budget import MemoryBudget, memory_budget
 from ..monitor import MemoryMonitor
-from .vectorstores import GuardedStore, guard_store
+from .vectorstores import GuardedStore, chroma_max_batch_size, guard_store
 
 __all__ = ["GuardedPipeline", "LlamaIndexStore", "guard_pipeline"]
 #: The largest write of nodes a streaming run makes (lower where the store's maximum is).
@@ -46,13 +48,7 @@ class LlamaIndexStore(GuardedStore):
 
     def max_batch_size(self) -> Any:
         collection = getattr(self.__wrapped__, "_collection", None)  # ChromaVectorStore
-        getter = getattr(getattr(collection, "_client", None), "get_max_batch_size", None)
-        if getter is None:
-            return None
-        try:
-            return getter()
-        except Exception:  # a client that cannot tell: no ceiling of its own
-            return None
+        return chroma_max_batch_size(getattr(collection, "_client", None))
 
     def store_figures(self) -> dict[str, Any]:
         collection = getattr(self.__wrapped__, "_collection", None)
@@ -60,6 +56,16 @@ class LlamaIndexStore(GuardedStore):
             collection.count() if collection is not None and hasattr(collection, "count") else None
         )
         return {**super().store_figures(), "items": items}
+
+
+@contextlib.contextmanager
+def _environ(name: str, value: str) -> Iterator[None]:
+    """``os.environ[name] = value`` for the block (``name`` was not set)."""
+    os.environ[name] = value
+    try:
+        yield
+    finally:
+        os.environ.pop(name, None)
 
 
 def _recording(documents: Iterable[Any], seen: set[str]) -> Iterator[Any]:
@@ -130,6 +136,24 @@ class GuardedPipeline:
     def _end(self, saved: tuple[Any, Any]) -> None:
         self.pipeline.vector_store, self.pipeline.docstore_strategy = saved
 
+    def _workers(self, num_workers: Optional[int]) -> contextlib.AbstractContextManager[None]:
+        """With a pool (``num_workers`` > 1), make LlamaIndex's packaged tokenizer files
+        visible to its workers for the run.
+
+        LlamaIndex points tiktoken at the files it ships only while it builds its tokenizer, in
+        this process; a spawned worker that unpickles a ``SentenceSplitter`` builds it again
+        without them, downloads them, and offline dies: the pool waits for it forever (a bare
+        ``run(num_workers=2)`` with a ``SentenceSplitter`` alone hung so here).
+        """
+        if not num_workers or num_workers < 2 or "TIKTOKEN_CACHE_DIR" in os.environ:
+            return contextlib.nullcontext()
+        import llama_index.core
+
+        cache = os.path.join(
+            os.path.dirname(llama_index.core.__file__), "_static", "tiktoken_cache"
+        )
+        return _environ("TIKTOKEN_CACHE_DIR", cache)
+
     def _missing(self, seen: set[str]) -> list[str]:
         """The documents in the docstore that this run's input no longer has."""
         existing = set(self.pipeline.docstore.get_all_document_hashes().values())
@@ -149,7 +173,7 @@ class GuardedPipeline:
         seen: set[str] = set()
         saved, deletes, store = self._begin()
         try:
-            with memory_budget(**self._settings(num_workers)) as budget:
+            with self._workers(num_workers), memory_budget(**self._settings(num_workers)) as budget:
                 self.last_budget = budget
                 for chunk in budget.chunks(_recording(documents, seen)):
                     out = self.pipeline.run(documents=chunk, num_workers=num_workers, **kwargs)
@@ -177,15 +201,16 @@ class GuardedPipeline:
         seen: set[str] = set()
         saved, deletes, store = self._begin()
         try:
-            async with memory_budget(**self._settings(num_workers)) as budget:
-                self.last_budget = budget
-                async for chunk in budget.achunks(_arecording(documents, seen)):
-                    out = await self.pipeline.arun(
-                        documents=chunk, num_workers=num_workers, **kwargs
-                    )
-                    if return_nodes:
-                        nodes.extend(out)
-                    del out
+            with self._workers(num_workers):
+                async with memory_budget(**self._settings(num_workers)) as budget:
+                    self.last_budget = budget
+                    async for chunk in budget.achunks(_arecording(documents, seen)):
+                        out = await self.pipeline.arun(
+                            documents=chunk, num_workers=num_workers, **kwargs
+                        )
+                        if return_nodes:
+                            nodes.extend(out)
+                        del out
             if deletes:
                 for doc_id in self._missing(seen):
                     await self.pipeline.docstore.adelete_document(doc_id)
