@@ -392,6 +392,12 @@ HELPER = textwrap.dedent("""
 
     def steady():
         return sum(range(1000))
+
+    def keep(size):
+        KEPT.append(bytearray(size))
+
+    def fails(x):
+        raise RuntimeError(f"no {x}")
 """)
 
 
@@ -419,6 +425,10 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
     assert steady.returncode == 0, steady.stdout + steady.stderr
     assert "no leak" in steady.stdout
 
+    # --args: a function that needs arguments (each call keeps 10 KB: a leak).
+    keeping = _cli(tmp_path, "tests_helper_module:keep", "--args", "[10240]", "--iterations", "5")
+    assert keeping.returncode == 1, keeping.stdout + keeping.stderr
+
 
 @pytest.mark.parametrize(
     "args",
@@ -427,12 +437,21 @@ def test_cli_exit_codes_and_json(tmp_path: Path) -> None:
         ["tests_helper_module:missing"],
         ["not-a-target"],
         ["tests_helper_module:leak", "--warmup", "x"],
+        ["json:dumps"],  # needs an argument: seen ending in a traceback
+        ["tests_helper_module:keep", "--args", '{"size": 1}'],  # not a JSON list
+        ["tests_helper_module:keep", "--args", "[1, 2]"],  # one too many
+        ["tests_helper_module:fails", "--args", '["luck"]'],  # the target raises
     ],
 )
 def test_cli_bad_usage_is_exit_2_with_one_line(tmp_path: Path, args: list[str]) -> None:
     result = _cli(tmp_path, *args)
     assert result.returncode == 2
     assert len(result.stderr.strip().splitlines()) == 1 and "error" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    if args[0] == "json:dumps":
+        assert "json:dumps(obj, *" in result.stderr and "--args" in result.stderr
+    if args[0].endswith(":fails"):
+        assert "raised RuntimeError: no luck" in result.stderr
 
 
 def test_the_running_process_monitor_is_not_taken_for_a_leak() -> None:

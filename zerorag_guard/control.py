@@ -12,8 +12,8 @@ hold a thread for long); connections are served by at most ``max_connections`` t
 malformed request gets an error reply and the server goes on. The socket file is removed when
 the monitor stops and at exit; after ``os.fork`` the child opens a socket of its own.
 
-This module sits above the monitor: it registers start/stop hooks there, so the core never
-imports it.
+This module sits above the monitor: it takes part through :mod:`zerorag_guard.hooks`, so the
+core never imports it, and the package loads it only when a monitor first starts.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
+from . import hooks
 from . import monitor as monitor_module
 from .control_client import check_private_dir, remove_stale, socket_dir, socket_path
 from .control_requests import Requests, error_reply
@@ -359,8 +360,8 @@ def _at_exit() -> None:
         server.close()
 
 
-monitor_module.add_start_hook(_on_start)
-monitor_module.add_stop_hook(_on_stop)
+# The package registers the start hook (it loads this module at a monitor's first start).
+hooks.add_stop_hook(_on_stop)
 atexit.register(_at_exit)
 if hasattr(os, "register_at_fork"):
     os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -12,7 +12,6 @@ exception gets ``zerorag_processed``: the number of items whose chunks completed
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import inspect
 import time
@@ -137,6 +136,8 @@ class _Guard:
         if self.isolated is not None:
             if self.isolated.in_worker():
                 return await wrapped(*args, **kwargs)
+            import asyncio  # loaded already where a coroutine runs
+
             return await asyncio.get_running_loop().run_in_executor(
                 None, functools.partial(self._isolated, wrapped, instance, args, kwargs)
             )

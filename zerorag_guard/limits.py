@@ -16,8 +16,6 @@ import os
 from dataclasses import asdict, dataclass, field
 from typing import Any, Callable, Optional
 
-import psutil
-
 #: Anything at or above this is the kernel's way of saying "unlimited" (v1 rounds LONG_MAX
 #: down to a page multiple, so compare with a margin rather than for equality).
 UNLIMITED_FLOOR = 1 << 60
@@ -151,7 +149,12 @@ def cgroup_usage_bytes(proc_root: str = "/proc", sys_root: str = "/") -> Optiona
 
 
 def _host_total() -> int:
-    return int(psutil.virtual_memory().total)
+    try:
+        return os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError):  # not POSIX, or not told
+        import psutil
+
+        return int(psutil.virtual_memory().total)
 
 
 def rlimits(getrlimit: Optional[Callable[[int], tuple[int, int]]] = None) -> list[Limit]:

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Iterator
 from typing import Any, Callable, Optional
 
-from . import health
+from . import health, hooks
 from .alerts import AlertLog, Listener
 from .cleanup import STRATEGIES, Cleaner, CleanupResult
 from .config import GuardConfig
@@ -494,7 +494,7 @@ class MemoryMonitor:
                     target=self._loop, name="zerorag-guard-monitor", daemon=True
                 )
                 self._thread.start()
-        _run_hooks(_start_hooks, self)
+        hooks.run_start_hooks(self)
         return self
 
     def stop(self) -> None:
@@ -505,7 +505,7 @@ class MemoryMonitor:
             thread.join(timeout=5.0)
         self._thread = None
         self._cleanups.worker.stop()
-        _run_hooks(_stop_hooks, self)
+        hooks.run_stop_hooks(self)
 
     def _loop(self) -> None:
         while not self._stop.wait(self._config.sample_interval):
@@ -594,30 +594,6 @@ class MemoryMonitor:
 _live_monitors: weakref.WeakSet[MemoryMonitor] = weakref.WeakSet()
 _global: Optional[MemoryMonitor] = None
 _global_lock = threading.Lock()
-#: Called with the monitor at the end of every ``start()`` / ``stop()``. Front ends that live
-#: above the monitor (the control socket) register here, so nothing in the core imports them.
-_start_hooks: list[Callable[[MemoryMonitor], None]] = []
-_stop_hooks: list[Callable[[MemoryMonitor], None]] = []
-
-
-def add_start_hook(fn: Callable[[MemoryMonitor], None]) -> None:
-    """Call ``fn(monitor)`` whenever a monitor starts (also after ``os.fork`` in the child)."""
-    if fn not in _start_hooks:
-        _start_hooks.append(fn)
-
-
-def add_stop_hook(fn: Callable[[MemoryMonitor], None]) -> None:
-    """Call ``fn(monitor)`` whenever a monitor stops (``stop()``, ``reset()``)."""
-    if fn not in _stop_hooks:
-        _stop_hooks.append(fn)
-
-
-def _run_hooks(hooks: list[Callable[[MemoryMonitor], None]], monitor: MemoryMonitor) -> None:
-    for hook in list(hooks):
-        try:
-            hook(monitor)
-        except Exception:
-            logger.exception("monitor hook %r failed; the monitor goes on", hook)
 
 
 def get_monitor() -> MemoryMonitor:

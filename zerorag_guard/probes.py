@@ -28,8 +28,6 @@ import threading
 import weakref
 from typing import Callable, Optional
 
-import psutil
-
 MB = 1024 * 1024
 #: How far above RSS the reset check raises the kernel mark: far above a page's noise, and
 #: touched once per probe (about 2 ms).
@@ -183,6 +181,8 @@ class MemoryProbe:
 
     @staticmethod
     def _psutil_rss() -> int:
+        import psutil  # the fallback where there is no statm: loaded when first used
+
         return int(psutil.Process().memory_info().rss)
 
     # -- kernel high-water mark -----------------------------------------------------------------

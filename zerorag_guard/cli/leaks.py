@@ -1,13 +1,15 @@
 """``zerorag-guard leaks MODULE:FUNC``: run a function under the leak profiler.
 
-Exit codes: 0 no leak, 1 leaking, 2 bad usage (including a ``MODULE:FUNC`` that cannot be
-imported or is not callable), each error one line on stderr.
+Exit codes: 0 no leak, 1 leaking, 2 bad usage (a ``MODULE:FUNC`` that cannot be imported, is
+not callable or cannot take the ``--args`` given) or a target that raised; each error one line
+on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 import os
 import sys
@@ -41,14 +43,26 @@ def _kilobytes(text: str) -> float:
     return value
 
 
+def _arguments(text: str) -> list[Any]:
+    try:
+        value = json.loads(text)
+    except ValueError:
+        value = None
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(
+            f"expected the arguments as a JSON list, e.g. '[{{\"a\": 1}}]', got {text!r}"
+        )
+    return value
+
+
 def register(sub: Any) -> None:
     """Add the ``leaks`` subcommand."""
     parser = sub.add_parser(
         "leaks",
         help="check a function for memory leaks",
-        description="Call MODULE:FUNC (no arguments) for warm-up rounds, then measure it over "
-        "the iterations and report what grows per call. Exit 0 when nothing leaks, 1 when "
-        "something does, 2 for bad usage.",
+        description="Call MODULE:FUNC (with the --args given, none by default) for warm-up "
+        "rounds, then measure it over the iterations and report what grows per call. Exit 0 "
+        "when nothing leaks, 1 when something does, 2 for bad usage or a target that raised.",
     )
     parser.add_argument(
         "target",
@@ -66,6 +80,13 @@ def register(sub: Any) -> None:
         type=_kilobytes,
         default=1.0,
         help="growth per iteration that counts as a leak, in KB (default 1)",
+    )
+    parser.add_argument(
+        "--args",
+        type=_arguments,
+        default=[],
+        metavar="JSON",
+        help="positional arguments for each call, as a JSON list (default: none)",
     )
     parser.add_argument("--json", action="store_true", help="print the report as JSON")
     parser.set_defaults(func=run)
@@ -95,19 +116,43 @@ def resolve(target: str) -> Callable[..., Any]:
     return obj
 
 
+def check_call(target: str, fn: Callable[..., Any], args: list[Any]) -> None:
+    """ValueError when ``fn`` cannot be called with ``args`` (where its signature says)."""
+    try:
+        signature = inspect.signature(fn)
+    except (TypeError, ValueError):  # a builtin that does not tell: the call will say
+        return
+    try:
+        signature.bind(*args)
+    except TypeError as exc:
+        given = f"--args {json.dumps(args)}" if args else "no arguments"
+        raise ValueError(
+            f"{target}{signature} cannot be called with {given} ({exc}); "
+            f"pass its arguments as a JSON list, e.g. --args '[...]'"
+        ) from None
+
+
 def run(args: argparse.Namespace) -> int:
     """Profile the target; the exit code says whether it leaks."""
     from ..leaks import LeakProfiler
 
     try:
         fn = resolve(args.target)
+        check_call(args.target, fn, args.args)
     except ValueError as exc:
         print(f"zerorag-guard leaks: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     profiler = LeakProfiler(
         warmup=args.warmup, iterations=args.iterations, threshold_bytes=args.threshold_kb * 1024
     )
-    report = profiler.check(fn)
+    try:
+        report = profiler.check(fn, *args.args)
+    except Exception as exc:  # the target's own failure, not the profiler's
+        print(
+            f"zerorag-guard leaks: error: {args.target} raised {type(exc).__name__}: {exc}",
+            file=sys.stderr,
+        )
+        return EXIT_USAGE
     if args.json:
         print(json.dumps({"target": args.target, **report.to_dict()}, indent=2))
     else:
