@@ -216,7 +216,8 @@ def test_another_user_is_refused(runtime_dir: Path) -> None:
     finally:
         os.chmod(runtime_dir, 0o700)
         server.close()
-    assert seen["uid"] == NOBODY
+    assert seen["uid"] == NOBODY, seen
+    assert isinstance(seen["open"], dict), seen
     assert seen["open"]["ok"] is False and "permission denied" in seen["open"]["error"]
     assert seen["private"] == "PermissionError"
     assert server.refused == 1
