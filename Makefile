@@ -8,7 +8,7 @@ EXTRAS := test,docs,dotenv,cli,demo,vectorstores,embeddings,llamaindex,dask,prom
 CONSTRAINTS := constraints/test.txt
 SOURCES := zerorag_guard tests benchmarks scripts debug_memory_usage.py
 
-.PHONY: venv lint typecheck docs test test-fast bench demo clean reliability
+.PHONY: venv lint typecheck docs test test-fast bench demo clean reliability pictures
 
 $(BIN)/.installed: setup.cfg setup.py pyproject.toml $(CONSTRAINTS)
 	rm -rf $(VENV)
@@ -19,9 +19,12 @@ $(BIN)/.installed: setup.cfg setup.py pyproject.toml $(CONSTRAINTS)
 
 venv: $(BIN)/.installed
 
+# The import contracts (.importlinter) keep the one-way flow: memory readings -> monitor ->
+# budget -> front ends, with no circles.
 lint: venv
 	$(BIN)/ruff check $(wildcard $(SOURCES))
 	$(BIN)/ruff format --check $(wildcard $(SOURCES))
+	$(BIN)/lint-imports
 
 typecheck: venv
 	$(BIN)/mypy zerorag_guard
@@ -53,6 +56,13 @@ bench: venv
 demo: venv
 	$(BIN)/zerorag-guard demo
 
+# The docs' pictures, from a real run: the demo's memory timeline, guarded and unguarded, with
+# its budget line (docs/images/demo-timeline.png, shown on the demo and budget pages).
+pictures: venv
+	$(BIN)/zerorag-guard demo --compare --out .pictures
+	mkdir -p docs/images
+	cp .pictures/demo-timeline.png docs/images/demo-timeline.png
+
 # The system tests (real cgroup, soak, faults, hostile input) writing their figures to
 # .reliability/figures.json, then docs/reliability.md rendered from them. The soak runs 120 s
 # here (60 s in make test, to keep the suite under its time); a longer one:
@@ -64,4 +74,4 @@ reliability: venv
 	$(BIN)/python tests/system/report.py .reliability/figures.json docs/reliability.md
 
 clean:
-	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache .benchmarks .reliability
+	rm -rf $(VENV) docs/_build .pytest_cache .mypy_cache .ruff_cache .benchmarks .reliability .pictures

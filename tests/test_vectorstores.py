@@ -397,3 +397,14 @@ def test_a_write_starts_at_the_previous_writes_largest_batch(tmp_path: Path) -> 
     spy.sizes.clear()
     store.upsert(ids=IDS[2000:3000], embeddings=VECTORS[2000:3000])
     assert spy.sizes == [500, 500] and raw.count() == 3000
+
+
+def test_no_write_starts_below_first_batch_size(tmp_path: Path) -> None:
+    # What a streaming pipeline asks of its store (its chunks were measured whole): a small
+    # write does not pull the next one back to slow start.
+    raw, store, spy = _spied(
+        CASES[0], tmp_path, batch_size=500, first_batch_size=300, monitor=monitor_with(Steady(100))
+    )
+    store.upsert(ids=IDS[:2], embeddings=VECTORS[:2])
+    store.upsert(ids=IDS[2:1000], embeddings=VECTORS[2:1000])
+    assert spy.sizes == [2, 300, 500, 198] and raw.count() == 1000

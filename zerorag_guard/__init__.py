@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from . import hooks as _hooks
 
 if TYPE_CHECKING:
-    from .budget import MemoryBudget, memory_budget
+    from .budget import MemoryBudget
     from .config import GuardConfig, recommend_config
     from .errors import (
         CheckpointError,
@@ -26,7 +26,7 @@ if TYPE_CHECKING:
         WorkerTimeout,
     )
     from .events import Alert, Level, Sample
-    from .guarded import memory_guarded
+    from .guarded import memory_budget, memory_guarded
     from .leaks import LeakProfiler, LeakReport
     from .monitor import MemoryMonitor, configure, get_monitor
 
@@ -48,7 +48,7 @@ _HOMES = {
     "WorkerTimeout": "errors",
     "configure": "monitor",
     "get_monitor": "monitor",
-    "memory_budget": "budget",
+    "memory_budget": "guarded",
     "memory_guarded": "guarded",
     "recommend_config": "config",
 }

@@ -345,12 +345,6 @@ class MemoryBudget:
     async def __aexit__(self, *exc: Any) -> None:
         self.__exit__(*exc)
 
-    def __call__(self, func: F) -> F:
-        """Use as a decorator: every call runs in a fresh copy of this budget."""
-        from .guarded import wrap
-
-        return wrap(func, self, record=False)
-
     # -- checks and cleanup -----------------------------------------------------------------------
     def _note_peak(self, rss: int) -> None:
         mb = rss / MB
@@ -524,55 +518,3 @@ class MemoryBudget:
             "seconds": round(seconds, 3),
             "skipped": self.skipped,
         }
-
-
-def memory_budget(
-    limit_mb: Union[float, str, None] = None,
-    *,
-    increase_mb: Union[float, str, None] = None,
-    on_exceed: str = "cleanup",
-    batch_size: Optional[int] = None,
-    min_batch_size: int = 1,
-    max_batch_size: Optional[int] = None,
-    name: Optional[str] = None,
-    monitor: Optional[MemoryMonitor] = None,
-    scope: str = "auto",
-    checkpoint: Union[str, os.PathLike[str], Checkpoint, None] = None,
-    key: Optional[Callable[[Any], Any]] = None,
-    reset_checkpoint: bool = False,
-) -> MemoryBudget:
-    """A memory budget, for ``with``, ``async with`` or as a decorator.
-
-    ``limit_mb`` caps process memory inside the block (default: the monitor's main threshold,
-    never above 90% of the effective limit); ``increase_mb`` caps growth over memory at entry;
-    the lower wins. ``on_exceed`` is ``"warn"`` (alert and log), ``"cleanup"`` (escalate cleanup
-    and shrink batches; raise only when even that fails) or ``"raise"`` (raise at the first
-    check over the limit). ``batch_size`` (default ``BATCH_SIZE``), ``min_batch_size`` and
-    ``max_batch_size`` bound :meth:`MemoryBudget.chunks`. ``monitor`` defaults to the
-    process-wide one (tests pass one with injected readings).
-
-    ``scope`` says what the ceiling counts (see :mod:`zerorag_guard.scope`): ``"process"``
-    (this process's RSS), ``"tree"`` (this process and its descendants), ``"cgroup"`` (the
-    memory cgroup's working set) or ``"auto"`` (the default: this process's RSS, and 90% of a
-    cgroup limit on the cgroup's working set). Concurrent loops that share what a scope counts
-    reserve their next batch's memory, so no two plan on the same headroom.
-
-    ``checkpoint`` (a file path) makes the block's loops resume after a kill (see
-    :mod:`zerorag_guard.checkpoint`): a rerun skips the items a previous run completed, a
-    finished job does nothing until ``reset_checkpoint=True``, and ``key`` (a function of an
-    item) checks that the input at the cursor is the one the checkpoint recorded.
-    """
-    return MemoryBudget(
-        limit_mb,
-        increase_mb=increase_mb,
-        on_exceed=on_exceed,
-        batch_size=batch_size,
-        min_batch_size=min_batch_size,
-        max_batch_size=max_batch_size,
-        name=name,
-        monitor=monitor,
-        scope=scope,
-        checkpoint=checkpoint,
-        key=key,
-        reset_checkpoint=reset_checkpoint,
-    )

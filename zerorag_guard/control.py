@@ -2,7 +2,7 @@
 
 When the process-wide monitor starts (:func:`zerorag_guard.get_monitor`), this module opens a
 Unix domain socket ``<pid>.sock`` in the per-user directory of
-:func:`~zerorag_guard.control_client.socket_dir` (mode 0700, socket 0600) and serves JSON-line
+:func:`~zerorag_guard.rundir.socket_dir` (mode 0700, socket 0600) and serves JSON-line
 requests on it: ``ping``, ``health``, ``history``, ``cleanup``, ``configure``, ``debug``. The
 setting ``control_socket`` (``ZERORAG_GUARD_CONTROL_SOCKET=0``) turns it off.
 

@@ -147,7 +147,7 @@ class Requests:
         return {"config": config.to_dict()}
 
     def _debug(self, request: dict[str, Any]) -> dict[str, Any]:
-        from .cli._diagnostics import collect
+        from .diagnostics import collect
 
         seconds = min(MAX_TRACE_SECONDS, max(0.0, float(request.get("trace_seconds", 1.0))))
         return {

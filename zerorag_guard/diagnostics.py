@@ -14,8 +14,8 @@ import time
 import tracemalloc
 from typing import Any, Callable
 
-from .. import limits, probes
-from ..monitor import MemoryMonitor
+from . import limits, probes
+from .monitor import MemoryMonitor
 
 MB = 1024 * 1024
 _STATUS_KEYS = ("VmRSS", "VmHWM", "VmSize", "VmPeak", "RssAnon", "RssFile", "RssShmem", "VmSwap")

@@ -32,6 +32,8 @@ import time
 from pathlib import Path
 from typing import Callable, Optional, TypeVar
 
+from .rundir import ControlError, check_private_dir, socket_dir
+
 logger = logging.getLogger("zerorag_guard")
 RECORD = struct.Struct("<qqqq")  # pid, start time (clock ticks since boot), loop id, bytes
 #: A reservation above this is no reservation but a corrupt record.
@@ -291,8 +293,6 @@ def known_ledgers() -> dict[str, Ledger]:
 
 
 def _ledger_path(key: str) -> Optional[Path]:
-    from .control_client import ControlError, check_private_dir, socket_dir
-
     try:
         directory = check_private_dir(socket_dir(), create=True)
     except (ControlError, OSError) as err:

@@ -18,10 +18,11 @@ from typing import Any, Callable, Optional, Union
 
 import numpy as np
 
-from .budget import MemoryBudget, memory_budget
+from .budget import MemoryBudget
 from .embedders import Embedder, HashingEmbedder
-from .integrations._writes import AccountedWrite, WriteStats
+from .guarded import memory_budget
 from .monitor import MemoryMonitor, get_monitor
+from .writes import AccountedWrite, WriteStats
 
 __all__ = ["BACKENDS", "DEFAULT_DIRECTORY", "VectorStoreService"]
 

@@ -1,7 +1,8 @@
 """The accounting of a guarded write: its statistics and the resume mark of a failed one.
 
 Used by :mod:`zerorag_guard.integrations.vectorstores` and :mod:`zerorag_guard.vector_store`;
-nothing here imports a store. How a write's arguments are cut is :mod:`._per_item`'s.
+nothing here imports a store. How a write's arguments are cut is
+:mod:`zerorag_guard.integrations._per_item`'s.
 """
 
 from __future__ import annotations
@@ -9,7 +10,7 @@ from __future__ import annotations
 import threading
 from typing import Any, Optional
 
-from ..budget import MemoryBudget
+from .budget import MemoryBudget
 
 
 class WriteStats:

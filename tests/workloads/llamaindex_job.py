@@ -2,13 +2,14 @@
 chroma collection, by the bare ``IngestionPipeline.run`` or by ``guard_pipeline(...).run``.
 
 ``python llamaindex_job.py DIRECTORY bare|guarded [--files N] [--embedder hashing|minilm]
-[--over-loaded-mb D] [--num-workers N]``. The embedding is the project's adapter (``minilm``:
-all-MiniLM-L6-v2, the packaged weights, offline). The model is loaded before anything is
-measured; with ``--over-loaded-mb`` the guarded run's ceiling is this process's memory then plus
-D (the model's first calls pay their warm-up inside the budget, as a user's job does). The documents
-are read lazily, one by one, by a generator in both modes (the bare run takes a list: it reads
-them all first). Prints one JSON line: nodes stored, seconds, the exact peak over the run (the
-kernel's mark) and where it started, the ceiling and the budget's batches.
+[--over-loaded-mb D] [--num-workers N] [--no-cache] [--batch-size N]``. The embedding is the
+project's adapter (``minilm``: all-MiniLM-L6-v2, the packaged weights, offline). The model is
+loaded before anything is measured; with ``--over-loaded-mb`` the guarded run's ceiling is this
+process's memory then plus D (the model's first calls pay their warm-up inside the budget, as a
+user's job does). ``--batch-size`` is the guarded run's largest chunk, in documents. The
+documents are read lazily, one by one, by a generator in both modes (the bare run takes a list:
+it reads them all first). Prints one JSON line: nodes stored, seconds, the exact peak over the
+run (the kernel's mark) and where it started, the ceiling and the budget's batches.
 """
 
 from __future__ import annotations
@@ -40,6 +41,8 @@ def main() -> None:
     parser.add_argument("--embedder", choices=["hashing", "minilm"], default="hashing")
     parser.add_argument("--over-loaded-mb", type=float, default=None)
     parser.add_argument("--num-workers", type=int, default=None)
+    parser.add_argument("--no-cache", action="store_true", help="IngestionPipeline(disable_cache)")
+    parser.add_argument("--batch-size", type=int, default=None, help="documents a chunk at most")
     args = parser.parse_args()
 
     import chromadb
@@ -60,6 +63,7 @@ def main() -> None:
     pipe = IngestionPipeline(
         transformations=[SentenceSplitter(chunk_size=256), model],
         vector_store=ChromaVectorStore(chroma_collection=coll),
+        disable_cache=args.no_cache,
     )
     probe = get_monitor().probe
     start_mb = probe.rss_mb()
@@ -70,7 +74,7 @@ def main() -> None:
         pipe.run(documents=list(documents(args.files)), num_workers=args.num_workers)
     else:
         ceiling = None if args.over_loaded_mb is None else start_mb + args.over_loaded_mb
-        run = guard_pipeline(pipe, limit_mb=ceiling)
+        run = guard_pipeline(pipe, limit_mb=ceiling, batch_size=args.batch_size)
         run.run(documents(args.files), return_nodes=False, num_workers=args.num_workers)
         budget = run.last_budget
         assert budget is not None

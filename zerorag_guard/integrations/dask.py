@@ -25,9 +25,9 @@ import dask
 from distributed import get_worker, wait
 from distributed.diagnostics.plugin import WorkerPlugin
 
-from ..budget import memory_budget
 from ..config import GuardConfig
 from ..events import Level
+from ..guarded import memory_budget
 from ..monitor import get_monitor
 from ..probes import MB
 

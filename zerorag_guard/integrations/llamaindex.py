@@ -25,37 +25,14 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Optional, Union
 
-from ..budget import MemoryBudget, memory_budget
+from ..budget import MemoryBudget
+from ..guarded import memory_budget
 from ..monitor import MemoryMonitor
-from .vectorstores import GuardedStore, chroma_max_batch_size, guard_store
+from .vectorstores import GuardedStore, guard_store
 
-__all__ = ["GuardedPipeline", "LlamaIndexStore", "guard_pipeline"]
+__all__ = ["GuardedPipeline", "guard_pipeline"]
 #: The largest write of nodes a streaming run makes (lower where the store's maximum is).
 STORE_BATCH = 2000
-
-
-class LlamaIndexStore(GuardedStore):
-    """A LlamaIndex ``BasePydanticVectorStore``: ``add`` and ``async_add`` of nodes."""
-
-    kind = "llamaindex"
-    WRITES = {"add": ("nodes",), "async_add": ("nodes",)}
-
-    def add(self, *args: Any, **kwargs: Any) -> Any:
-        return self._write("add", args, kwargs)
-
-    async def async_add(self, *args: Any, **kwargs: Any) -> Any:
-        return await self._awrite("async_add", args, kwargs)
-
-    def max_batch_size(self) -> Any:
-        collection = getattr(self.__wrapped__, "_collection", None)  # ChromaVectorStore
-        return chroma_max_batch_size(getattr(collection, "_client", None))
-
-    def store_figures(self) -> dict[str, Any]:
-        collection = getattr(self.__wrapped__, "_collection", None)
-        items = (
-            collection.count() if collection is not None and hasattr(collection, "count") else None
-        )
-        return {**super().store_figures(), "items": items}
 
 
 @contextlib.contextmanager
@@ -125,11 +102,14 @@ class GuardedPipeline:
             # count nodes, up to the store's own maximum. A write over the ceiling is the
             # chunk's doing (its nodes are already in memory): the write goes on, says so, and
             # the run's sizer halves the next chunk, raising only if a chunk of one still fails.
+            # The run's sizer measured the chunk whole, its write included: the write need not
+            # slow-start (each call of a persistent chroma costs about 60 ms whatever its size).
             p.vector_store = guard_store(
                 p.vector_store,
                 monitor=self._budget["monitor"],
                 batch_size=STORE_BATCH,
                 on_exceed="warn",
+                first_batch_size=STORE_BATCH,
             )
         return saved, deletes, p.vector_store
 
