@@ -6,6 +6,7 @@ from __future__ import annotations
 import functools
 import json
 import logging
+import os
 import platform
 import subprocess
 import sys
@@ -343,9 +344,14 @@ def test_aggressive_cleanup_returns_a_fragmented_heap_gc_collect_does_not() -> N
     # gc.collect() alone: the freed objects are gone, but their memory stays in RSS.
     assert f["after_gc"] > 2 * f["live"]
     assert f["after_gc"] - f["live"] > 200 * MB
-    # Aggressive cleanup (malloc_trim) brings RSS back to within 15% of the live set.
+    # Aggressive cleanup (malloc_trim) brings RSS back to the live set and the pages the
+    # survivors pin: a 2 KB survivor spans at most two pages (586 survivors: 4.6 MB), and 2 MB
+    # for the allocator's own. (It was "within 15% of the live set": that bound moved with the
+    # baseline, all the modules the job had loaded, and failed once `import zerorag_guard`
+    # loaded fewer: 2.9 MB over a live set of 16.8 MB.)
     assert f["malloc_trimmed"]
-    assert f["after_aggressive"] <= 1.15 * f["live"]
+    pinned = 2 * f["survivors"] * os.sysconf("SC_PAGE_SIZE")
+    assert f["after_aggressive"] - f["live"] <= pinned + 2 * MB
 
 
 def test_bound_method_clearers_register_once_and_unregister() -> None:
