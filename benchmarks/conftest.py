@@ -6,11 +6,11 @@ from collections.abc import Iterator
 
 import pytest
 
-from zerorag_guard import monitor as monitor_module
+from zerorag_guard.monitor import process as process_module
 
 
 @pytest.fixture(autouse=True)
 def _fresh_global_monitor() -> Iterator[None]:
-    monitor_module._reset_global_for_tests()
+    process_module._reset_global_for_tests()
     yield
-    monitor_module._reset_global_for_tests()
+    process_module._reset_global_for_tests()

@@ -14,7 +14,7 @@ import gc
 import json
 import time
 
-from zerorag_guard.probes import MB, MemoryProbe
+from zerorag_guard.memory.probes import MB, MemoryProbe
 
 SIZE, KEEP_EVERY = 2000, 256
 

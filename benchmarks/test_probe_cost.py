@@ -17,7 +17,7 @@ import psutil
 import pytest
 
 from zerorag_guard import get_monitor
-from zerorag_guard.probes import MemoryProbe
+from zerorag_guard.memory.probes import MemoryProbe
 
 
 def best_us(fn: Callable[[], Any], number: int = 2000, repeat: int = 5) -> float:

@@ -24,7 +24,7 @@ PASSAGES = "150"
 FIXED = (8, 16, 32)
 ROUNDS = 3
 #: The smoke pass (``--benchmark-disable`` in ``make test``) checks that the benchmark runs, not
-#: what it measures (``tests/test_real_model.py`` holds the model to its ceiling): 20 passages
+#: what it measures (``tests/rag/test_real_model.py`` holds the model to its ceiling): 20 passages
 #: and one fixed size instead of eight jobs of 150 (160 s of the suite's time).
 SMOKE_PASSAGES = "20"
 
@@ -56,7 +56,7 @@ def test_real_model_throughput_against_the_best_fixed_batch(
             )
         for size in sizes:
             fixed_runs[size].append(model_job("fixed", "--batch", str(size), passages=passages))
-    # Every guarded run holds: every passage stored, and the bound of tests/test_real_model.py,
+    # Every guarded run holds: every passage stored, and the bound of tests/rag/test_real_model.py,
     # 2% of the room (a passage's cost follows its length).
     for run in runs:
         assert run["stored"] == int(passages)

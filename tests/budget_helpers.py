@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from zerorag_guard import GuardConfig, MemoryMonitor
-from zerorag_guard.limits import EffectiveLimit
-from zerorag_guard.probes import MB, MemoryProbe
+from zerorag_guard.memory.limits import EffectiveLimit
+from zerorag_guard.memory.probes import MB, MemoryProbe
 
 HOST = EffectiveLimit(64 * 1024 * MB, "host", "test")
 
@@ -42,7 +42,8 @@ def monitor_with(
     reader: object, limit: EffectiveLimit = HOST, group: object = None, **config: object
 ) -> MemoryMonitor:
     """A monitor (sampler not started) reading ``reader`` and configured with ``config``;
-    ``group`` stands in for its group readings (a :class:`~zerorag_guard.group.GroupReader`)."""
+    ``group`` stands in for its group readings (a
+    :class:`~zerorag_guard.memory.group.GroupReader`)."""
     settings = {
         "threshold_mb": 1000,
         "critical_threshold_mb": 1200,

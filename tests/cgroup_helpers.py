@@ -5,8 +5,8 @@ Works with cgroup v1 (a ``memory`` controller hierarchy) and v2 (``memory`` in t
 hierarchy's ``cgroup.controllers``). Anything that stops it is reported as a reason to skip,
 never as a failure: :func:`unavailable_reason` says why, or returns None.
 
-The parsing here is deliberately independent of ``zerorag_guard.limits``, so a test built on it
-checks the library against a second reading of the kernel's files.
+The parsing here is deliberately independent of ``zerorag_guard.memory.limits``, so a test built
+on it checks the library against a second reading of the kernel's files.
 """
 
 from __future__ import annotations

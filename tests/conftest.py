@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from zerorag_guard import monitor as monitor_module
+from zerorag_guard.monitor import process as process_module
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -29,15 +29,15 @@ def _fresh_global_monitor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
         "BATCH_SIZE",
     ):
         monkeypatch.delenv(key, raising=False)
-    monitor_module._reset_global_for_tests()
+    process_module._reset_global_for_tests()
     yield
-    monitor_module._reset_global_for_tests()
+    process_module._reset_global_for_tests()
 
 
 @pytest.fixture
 def no_pace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk sizes from memory alone: batches' times (the sizer's pace, which a loaded machine
     makes vary) cap nothing. For tests that assert exact sizes from real writes."""
-    from zerorag_guard import sizing
+    from zerorag_guard.budget import sizing
 
     monkeypatch.setattr(sizing, "PACE_SLACK", float("inf"))

@@ -14,8 +14,8 @@ from hypothesis import strategies as st
 import zerorag_guard
 from zerorag_guard import ConfigError, GuardConfig, Level, MemoryMonitor, recommend_config
 from zerorag_guard.config import MAX_MB, parse_size_mb
-from zerorag_guard.limits import EffectiveLimit
-from zerorag_guard.probes import MB, MemoryProbe
+from zerorag_guard.memory.limits import EffectiveLimit
+from zerorag_guard.memory.probes import MB, MemoryProbe
 
 FIELDS = {f.name: f for f in dataclasses.fields(GuardConfig)}
 ENV = {f.metadata["env"]: f for f in dataclasses.fields(GuardConfig)}

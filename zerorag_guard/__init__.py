@@ -3,8 +3,8 @@
 The public names are re-exported here and loaded when first used (``import zerorag_guard``
 loads none of them): a module that only decorates its batch function pays for the budget and
 the monitor, not for the leak profiler or the control socket. The modules behind the names are
-one concern each (``probes``, ``limits``, ``monitor``, ``cleanup``, ``health``, ``budget``,
-``guarded``, ``leaks``).
+one concern each, in one folder per part (``memory``, ``monitor``, ``budget``, ``leaks``,
+``control``, ``pytest``, ``rag``, ``integrations``, ``cli``; see the architecture page).
 """
 
 from __future__ import annotations
@@ -12,10 +12,11 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-from . import hooks as _hooks
+from .monitor import hooks as _hooks
 
 if TYPE_CHECKING:
-    from .budget import MemoryBudget
+    from .budget.budget import MemoryBudget
+    from .budget.guarded import memory_budget, memory_guarded
     from .config import GuardConfig, recommend_config
     from .errors import (
         CheckpointError,
@@ -26,9 +27,9 @@ if TYPE_CHECKING:
         WorkerTimeout,
     )
     from .events import Alert, Level, Sample
-    from .guarded import memory_budget, memory_guarded
-    from .leaks import LeakProfiler, LeakReport
-    from .monitor import MemoryMonitor, configure, get_monitor
+    from .leaks.profiler import LeakProfiler, LeakReport
+    from .monitor.monitor import MemoryMonitor
+    from .monitor.process import configure, get_monitor
 
 #: Each public name and the module it lives in.
 _HOMES = {
@@ -36,20 +37,20 @@ _HOMES = {
     "CheckpointError": "errors",
     "ConfigError": "errors",
     "GuardConfig": "config",
-    "LeakProfiler": "leaks",
-    "LeakReport": "leaks",
+    "LeakProfiler": "leaks.profiler",
+    "LeakReport": "leaks.profiler",
     "Level": "events",
-    "MemoryBudget": "budget",
+    "MemoryBudget": "budget.budget",
     "MemoryBudgetExceeded": "errors",
-    "MemoryMonitor": "monitor",
+    "MemoryMonitor": "monitor.monitor",
     "Sample": "events",
     "WorkerCrashed": "errors",
     "WorkerOutOfMemory": "errors",
     "WorkerTimeout": "errors",
-    "configure": "monitor",
-    "get_monitor": "monitor",
-    "memory_budget": "guarded",
-    "memory_guarded": "guarded",
+    "configure": "monitor.process",
+    "get_monitor": "monitor.process",
+    "memory_budget": "budget.guarded",
+    "memory_guarded": "budget.guarded",
     "recommend_config": "config",
 }
 __all__ = [
@@ -91,7 +92,7 @@ def __dir__() -> list[str]:
 
 def _open_control_socket(monitor: Any) -> None:
     """Load the control socket's module at a monitor's first start, and open the socket."""
-    from . import control
+    from .control import server as control
 
     control._on_start(monitor)
 

@@ -207,7 +207,7 @@ class GuardConfig:
         for f in dataclasses.fields(self):
             object.__setattr__(self, f.name, _check(f, getattr(self, f.name)))
         if self.auto_thresholds:
-            return  # checked against the machine when derived (zerorag_guard.thresholds)
+            return  # checked against the machine when derived (zerorag_guard.monitor.thresholds)
         if float(self.critical_threshold_mb) > float(self.threshold_mb):
             return
         if self.critical_threshold_mb == _DEFAULT_CRITICAL_MB:
@@ -226,7 +226,8 @@ class GuardConfig:
 
     @property
     def auto_thresholds(self) -> bool:
-        """Whether either threshold is derived from the machine (see zerorag_guard.thresholds)."""
+        """Whether either threshold is derived from the machine (see
+        :mod:`zerorag_guard.monitor.thresholds`)."""
         return AUTO in (self.threshold_mb, self.critical_threshold_mb)
 
     @property

@@ -56,7 +56,8 @@ class MemoryBudgetExceeded(MemoryError):
 
 
 class WorkerOutOfMemory(MemoryBudgetExceeded):
-    """An isolated call's worker ran out of its memory cap (see :mod:`zerorag_guard.isolation`).
+    """An isolated call's worker ran out of its memory cap (see
+    :mod:`zerorag_guard.budget.isolation`).
 
     ``limit_mb`` is the worker's cap and ``peak_mb`` (also ``rss_mb``) the most the worker was
     seen to hold: its cgroup's peak where the kernel killed it, its own peak where an allocation

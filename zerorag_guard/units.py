@@ -12,7 +12,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-#: The value that asks for a threshold derived from the machine (see zerorag_guard.thresholds).
+#: The value that asks for a threshold derived from the machine (see
+#: :mod:`zerorag_guard.monitor.thresholds`).
 AUTO = "auto"
 #: No process this library guards needs more than 64 TiB: larger figures are typos (an extra
 #: zero, bytes given where megabytes are expected).

@@ -21,9 +21,9 @@ import time
 import traceback
 from pathlib import Path
 
-from zerorag_guard import budget as budget_module
 from zerorag_guard import get_monitor, memory_budget, memory_guarded
-from zerorag_guard.budget import current_budget
+from zerorag_guard.budget import budget as budget_module
+from zerorag_guard.budget.budget import current_budget
 
 
 @memory_guarded(name="work")

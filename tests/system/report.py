@@ -319,7 +319,7 @@ survives the trim.
 every remaining item exactly once. `KeyboardInterrupt` is raised inside nested budgets and
 guarded calls, and SIGINT is also sent at random moments (`interrupt_job.py`), so it lands inside
 the guard's own code too; afterwards no budget may be left active
-(`zerorag_guard.budget.current_budget()` is `None`), the sampler runs and a new budget works.
+(`zerorag_guard.budget.budget.current_budget()` is `None`), the sampler runs and a new budget works.
 Children started with `multiprocessing`'s `fork` and `spawn` contexts mid-loop must each have a
 guard of their own: a running sampler that sees the child's own 80 MB allocation, and a working
 `memory_budget`.

@@ -28,8 +28,8 @@ import time
 from typing import Any
 
 from zerorag_guard import Alert, get_monitor, memory_budget, memory_guarded
-from zerorag_guard.control import current_server
-from zerorag_guard.probes import MB
+from zerorag_guard.control.server import current_server
+from zerorag_guard.memory.probes import MB
 
 ITEM_KB = 64
 ITEMS_PER_ROUND = 400

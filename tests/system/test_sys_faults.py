@@ -24,7 +24,7 @@ import pytest
 from system_figures import Figures
 
 from zerorag_guard import MemoryMonitor, get_monitor, memory_budget, memory_guarded
-from zerorag_guard.budget import current_budget
+from zerorag_guard.budget.budget import current_budget
 from zerorag_guard.events import Alert
 
 pytestmark = [pytest.mark.system]
@@ -287,20 +287,23 @@ def test_keyboard_interrupt_at_random_points(socket_home: Path, figures: Figures
     assert report["problems"] == []
 
 
-def _child(queue: Any) -> None:
-    """In the child: the guard must be its own (its sampler, its RSS, a working budget)."""
+def _child(queue: Any, parent_mb: float) -> None:
+    """In the child: the guard must be its own (its sampler, its RSS, a working budget). It
+    allocates enough to stand 80 MB above both its start and the parent (``parent_mb``), so its
+    own RSS cannot be mistaken for the parent's, whatever the parent holds."""
     out: dict[str, Any] = {"pid": os.getpid()}
     try:
         m = get_monitor()
         m.configure(sample_interval=0.005)
         out["running"] = m.running
         before = m.rss_mb()
-        blob = b"x" * (80 * 1024 * 1024)  # 80 MB that only the child has
+        size_mb = 80 + max(0.0, parent_mb - before)
+        blob = b"x" * int(size_mb * 1024 * 1024)  # memory that only the child has
         deadline = time.monotonic() + 10
         seen = 0.0
         while time.monotonic() < deadline:
             seen = m.history[-1].rss_mb if m.history else 0.0
-            if seen >= before + 70:
+            if seen >= before + size_mb - 10:
                 break
             time.sleep(0.01)
         out["rss_before_mb"], out["sampled_mb"] = before, seen
@@ -328,7 +331,7 @@ def test_child_process_gets_a_working_guard(
     def fork_mid_run(n: int, batch: list[int]) -> None:
         if n == 3:  # mid-run: inside the budget, between batches
             queue = ctx.Queue()
-            child = ctx.Process(target=_child, args=(queue,))
+            child = ctx.Process(target=_child, args=(queue, parent_rss))
             child.start()
             try:
                 results.append(queue.get(timeout=60))

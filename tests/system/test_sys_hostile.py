@@ -31,9 +31,9 @@ from system_figures import Figures
 from zerorag_guard import ConfigError, GuardConfig, MemoryBudget, get_monitor, memory_budget
 from zerorag_guard.cli import COMMANDS
 from zerorag_guard.config import MAX_MB, parse_size_mb
-from zerorag_guard.control import ControlServer, current_server
-from zerorag_guard.limits import EffectiveLimit
-from zerorag_guard.probes import MB
+from zerorag_guard.control.server import ControlServer, current_server
+from zerorag_guard.memory.limits import EffectiveLimit
+from zerorag_guard.memory.probes import MB
 
 # The units written out here, not imported: MB of each, binary whatever the spelling.
 UNITS_MB = {

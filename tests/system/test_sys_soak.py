@@ -24,7 +24,7 @@ from typing import Any
 import pytest
 from system_figures import Figures
 
-from zerorag_guard.control_client import ControlClient, ControlError
+from zerorag_guard.control.client import ControlClient, ControlError
 
 pytestmark = [pytest.mark.system, pytest.mark.slow]
 

@@ -30,8 +30,8 @@ def main() -> None:
     import chromadb
 
     from zerorag_guard import MemoryBudgetExceeded, get_monitor, memory_budget
-    from zerorag_guard.demo import Corpus, stdlib_files
-    from zerorag_guard.embedders import SentenceTransformerEmbedder
+    from zerorag_guard.rag.demo import Corpus, stdlib_files
+    from zerorag_guard.rag.embedders import SentenceTransformerEmbedder
 
     passages = [p for p, _, _ in itertools.islice(iter(Corpus(stdlib_files())), args.passages)]
     client = chromadb.EphemeralClient()

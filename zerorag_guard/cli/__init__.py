@@ -75,8 +75,8 @@ def _running(pid: int) -> bool:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run the command; returns the exit code (see the module docstring)."""
-    from .. import control
-    from ..control_client import ControlError, NoSuchProcess, RemoteError
+    from ..control import server as control
+    from ..control.client import ControlError, NoSuchProcess, RemoteError
     from ..errors import CheckpointError, ConfigError, MemoryBudgetExceeded
     from ._plot import MissingExtra
 

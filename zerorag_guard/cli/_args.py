@@ -6,7 +6,7 @@ import argparse
 import math
 from typing import Any
 
-from ..control_client import setting_name
+from ..control.client import setting_name
 
 
 def positive_float(text: str) -> float:

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 from typing import Any, Optional
 
-from ..control_client import ControlClient, RemoteError
-from ..control_requests import Requests
-from ..monitor import get_monitor
+from ..control.client import ControlClient, RemoteError
+from ..control.requests import Requests
+from ..monitor.process import get_monitor
 
 
 class Target:

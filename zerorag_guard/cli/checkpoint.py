@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..checkpoint import read_checkpoint
+from ..budget.checkpoint import read_checkpoint
 from . import _args, _render
 
 

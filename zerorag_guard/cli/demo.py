@@ -22,7 +22,7 @@ from ._plot import MissingExtra
 
 
 def register(sub: Any) -> None:
-    from ..demo import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET_MB, FIXED_BATCH_SIZE
+    from ..rag.demo import DEFAULT_BATCH_SIZE, DEFAULT_BUDGET_MB, FIXED_BATCH_SIZE
 
     parser = sub.add_parser(
         "demo",
@@ -82,8 +82,8 @@ def register(sub: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from ..demo import FIXED_BATCH_SIZE
-    from ..demo import run as run_job
+    from ..rag.demo import FIXED_BATCH_SIZE
+    from ..rag.demo import run as run_job
 
     if args.plot and not args.json:
         try:
@@ -126,7 +126,7 @@ def run(args: argparse.Namespace) -> int:
     if fixed is not None:
         comparison(result, fixed)
     if args.plot:
-        from ..demo import write_timeline
+        from ..rag.demo import write_timeline
 
         runs = [result] if fixed is None else [result, fixed]
         path = write_timeline(os.path.join(args.out, "demo-timeline.png"), runs, args.budget_mb)

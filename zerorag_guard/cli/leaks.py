@@ -134,7 +134,7 @@ def check_call(target: str, fn: Callable[..., Any], args: list[Any]) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Profile the target; the exit code says whether it leaks."""
-    from ..leaks import LeakProfiler
+    from ..leaks.profiler import LeakProfiler
 
     try:
         fn = resolve(args.target)

@@ -6,7 +6,7 @@ import argparse
 import os
 from typing import Any
 
-from ..control_client import list_processes, socket_dir
+from ..control.client import list_processes, socket_dir
 from . import _args, _render
 
 

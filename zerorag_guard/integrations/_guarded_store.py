@@ -13,10 +13,11 @@ from typing import Any, Optional
 
 import wrapt
 
-from ..budget import MemoryBudget
-from ..guarded import memory_budget
-from ..monitor import MemoryMonitor, get_monitor
-from ..writes import AccountedWrite, WriteStats
+from ..budget.budget import MemoryBudget
+from ..budget.guarded import memory_budget
+from ..budget.writes import AccountedWrite, WriteStats
+from ..monitor.monitor import MemoryMonitor
+from ..monitor.process import get_monitor
 from ._per_item import Adapt, Plan, call_arguments, combine, plan_write, rebuild, same
 
 

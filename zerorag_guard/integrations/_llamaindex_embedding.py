@@ -1,4 +1,4 @@
-"""The project's embedders (:mod:`zerorag_guard.embedders`) as a LlamaIndex ``BaseEmbedding``.
+"""The project's embedders (:mod:`zerorag_guard.rag.embedders`) as a LlamaIndex ``BaseEmbedding``.
 
 A module of its own, imported only by :func:`zerorag_guard.integrations.llamaindex.embedding`:
 it imports LlamaIndex at the top, and its class must be importable by name, so that a
@@ -12,7 +12,7 @@ from typing import Any
 from llama_index.core.embeddings import BaseEmbedding
 from pydantic import PrivateAttr
 
-from ..embedders import make_embedder
+from ..rag.embedders import make_embedder
 
 
 class ZeroragEmbedding(BaseEmbedding):

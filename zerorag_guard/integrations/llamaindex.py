@@ -25,9 +25,9 @@ import os
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import Any, Optional, Union
 
-from ..budget import MemoryBudget
-from ..guarded import memory_budget
-from ..monitor import MemoryMonitor
+from ..budget.budget import MemoryBudget
+from ..budget.guarded import memory_budget
+from ..monitor.monitor import MemoryMonitor
 from .vectorstores import GuardedStore, guard_store
 
 __all__ = ["GuardedPipeline", "guard_pipeline"]
@@ -250,7 +250,7 @@ def _document_id(document: Any) -> str:
 
 def embedding(name: str = "hashing", dimension: int = 384, batch_size: int = 32) -> Any:
     """The project's embedder ``name`` (``hashing`` or ``minilm``, see
-    :func:`zerorag_guard.embedders.make_embedder`) as a LlamaIndex ``BaseEmbedding``, for a
+    :func:`zerorag_guard.rag.embedders.make_embedder`) as a LlamaIndex ``BaseEmbedding``, for a
     pipeline's transformations."""
     from ._llamaindex_embedding import ZeroragEmbedding
 

@@ -22,8 +22,9 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from ..monitor import MemoryMonitor, get_monitor
-from ..probes import MB
+from ..memory.probes import MB
+from ..monitor.monitor import MemoryMonitor
+from ..monitor.process import get_monitor
 
 PREFIX = "zerorag_guard"
 #: Largest power-of-two bucket of the batch-size histogram; larger batches fall in ``+Inf``.
@@ -78,7 +79,7 @@ def _by_label(kind: type[Any], name: str, doc: str, label: str, values: dict[str
 
 class GuardCollector(Collector):
     """Exposes a monitor's figures; ``monitor`` defaults to the process-wide one, looked up at
-    every scrape (so it follows :func:`~zerorag_guard.monitor.get_monitor` after a reset).
+    every scrape (so it follows :func:`~zerorag_guard.monitor.monitor.get_monitor` after a reset).
 
     Metrics (all prefixed ``zerorag_guard_``): ``rss_bytes``, ``peak_rss_bytes``,
     ``lifetime_peak_rss_bytes``, ``limit_bytes{source}``, ``level`` (0 NORMAL .. 3 CRITICAL),

@@ -24,10 +24,10 @@ from __future__ import annotations
 import inspect
 from typing import Any, Optional, Union
 
-from ..checkpoint import Checkpoint
-from ..guarded import memory_budget
-from ..monitor import MemoryMonitor
-from ..writes import WriteStats
+from ..budget.checkpoint import Checkpoint
+from ..budget.guarded import memory_budget
+from ..budget.writes import WriteStats
+from ..monitor.monitor import MemoryMonitor
 from ._guarded_store import GuardedStore
 from ._per_item import Adapt, UnplacedArgumentWarning
 
@@ -268,7 +268,7 @@ def guard_store(
 
     ``checkpoint`` (a file path) makes a job's bulk writes resume after a kill: the n-th
     guarded write of the run skips the chunks the n-th write of a previous run completed (see
-    :mod:`zerorag_guard.checkpoint`). The job must make the same writes in the same order.
+    :mod:`zerorag_guard.budget.checkpoint`). The job must make the same writes in the same order.
     """
     memory_budget(
         limit_mb, increase_mb=increase_mb, on_exceed=on_exceed, batch_size=batch_size, scope=scope

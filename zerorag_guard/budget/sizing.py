@@ -1,0 +1,344 @@
+"""Adaptive batch sizes: fit what a batch costs in memory, size batches to fit the headroom.
+
+Pure arithmetic on byte counts, so it is tested with exact figures. The policy is TCP's:
+
+- slow start: the first batch is ``min_size`` and no batch is more than twice the one before,
+  so the budget holds from the first batch even before anything is known of the items;
+- once a cost is measured (from exact peaks), a batch is as large as its planned peak fits in
+  ``SAFETY`` of the room above the floor, capped at the target size (``max_size`` when one is
+  given); past the largest batch measured it grows as that batch's cost, all of it counted per
+  item, allows (and, once ``SETTLE`` batches were measured, at least ``STEP`` further);
+- a batch whose peak came near the limit halves the next one at once, unless it cost what was
+  planned (a batch sized to the headroom peaks near the limit by design).
+
+The cost model is the one real workloads need (an embedding model's batch costs much the same
+for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
+
+- **the floor**, the memory a batch cannot reuse. An allocator keeps memory a batch freed, and
+  the next batch reuses it: starts swing up and down while peaks do not. Memory seen to come
+  back down (the largest drop between recent starts) counts as reusable, down to the lowest
+  recent start; memory that only went up (results the job keeps, a store's growing index: a
+  ratchet) does not, so it counts once, in the start, apart from the batch's own peak.
+- **a line**, a fixed cost plus a cost per item, fitted by least squares on the exact peaks
+  over the floor of the last ``WINDOW`` batches. It is exact where the batches were (it goes
+  through their mean), so batches of much the same size need no slope to be sized well. The
+  loop's first batch, which also pays what a first call pays once (thread pools, kernels), is
+  left out once later batches show a cost.
+- **the noise**: the largest ratio of a batch's peak to the line, over the same batches. A
+  batch is planned at the line times that ratio: the worst seen.
+- **no flat cost trusted past what was seen**: a batch larger than any measured is planned at
+  the largest one's cost per item (all of its planned cost counted per item; while fewer than
+  ``SETTLE`` batches were measured, times the noise over the median ratio), so a line that
+  read a cost as flat cannot grow batches faster than their peaks show.
+
+Time counts too, within what memory allows: a batch's items may cost more each in a larger
+batch (an embedding model pads every text of a call to its longest, so a call of 32 is slower
+per text than four of 8). Each finished batch's seconds per item are kept by size class (sizes
+1, 2-3, 4-7, 8-15, ...); a class slower per item than the fastest by more than ``PACE_SLACK``
+is not grown into, and once in ``PACE_RETRY`` batches it is tried again, so one slow reading
+does not cap a loop for good. A class is slower on two batches; one slower batch of the largest
+class tried holds growth in that class until the next batch tells (slow start would otherwise
+have doubled twice past it before the pace could say: the real model's batches of 32-45 cost
+10-17% more per text than batches of 8, and a job of 150 passages spent 135 of them there).
+Batches shorter than ``PACE_MIN_SECONDS`` teach no pace (their time is the loop's own overhead
+and the clock's noise).
+
+Only a loop alone in its reading (no other loop in the process, no process tree) reuses
+memory and splits its cost in two: with others, another loop's batch is in every reading, and
+all of a batch's cost counts per item.
+"""
+
+from __future__ import annotations
+
+import collections
+import math
+from typing import Optional
+
+#: Share of the room a batch may plan to use; the rest absorbs batches costlier than measured.
+SAFETY = 0.8
+#: Exact batches after which the line is trusted a step past the largest batch measured.
+SETTLE = 16
+#: A batch peaking above this share of the limit halves the next batch...
+NEAR_LIMIT = 0.9
+#: ... unless it peaked at most this much above its plan.
+AS_PLANNED = 1.1
+#: Exact batches the line and the noise are fitted on; starts the floor is read from.
+WINDOW = 32
+STARTS = WINDOW
+#: Past the largest batch measured, the line is followed this much further at a time.
+STEP = 1.25
+#: Far from the limit, one batch in this many is still measured exactly, to keep learning.
+RELEARN = 8
+#: A size class this much slower per item than the fastest is not grown into...
+PACE_SLACK = 1.1
+#: ... except one batch in this many, which measures it again.
+PACE_RETRY = 16
+#: Batches quicker than this teach no pace; the last few of a class are its pace (median).
+PACE_MIN_SECONDS = 0.005
+PACE_SAMPLES = 3
+
+
+class Pace:
+    """Seconds per item by size class (``size.bit_length()``): the largest size worth its time."""
+
+    def __init__(self) -> None:
+        self._classes: dict[int, collections.deque[float]] = {}
+        self._batches = 0
+
+    def learn(self, size: int, seconds: float) -> None:
+        """A batch of ``size`` items took ``seconds`` (from handed out to the next request)."""
+        self._batches += 1
+        if size > 0 and seconds >= PACE_MIN_SECONDS:
+            recent = self._classes.setdefault(
+                size.bit_length(), collections.deque(maxlen=PACE_SAMPLES)
+            )
+            recent.append(seconds / size)
+
+    def cap(self) -> Optional[int]:
+        """The largest size below the smallest class slower than ``PACE_SLACK`` times the
+        fastest class (a larger one, every ``PACE_RETRY``-th batch); else, when the largest
+        class tried was that much slower on its one batch, the largest size of that class (grow
+        no further until a second batch tells); None when no class is slower.
+
+        A class is slower only on two batches at least (its lower median: of two, both): one
+        batch proves nothing. Against a persistent store, a write of 1 item took 50 ms and one
+        of 2 took 120 ms once; read as a pace, it held 20,000 items to batches of one."""
+        paces = {c: sorted(d)[(len(d) - 1) // 2] for c, d in self._classes.items()}
+        if len(paces) < 2:
+            return None
+        best = min(paces, key=paces.__getitem__)
+        slow = [
+            c
+            for c, pace in paces.items()
+            if c > best and len(self._classes[c]) >= 2 and pace > PACE_SLACK * paces[best]
+        ]
+        if slow:
+            first = min(slow) + (1 if self._batches % PACE_RETRY == 0 else 0)
+            return (1 << (first - 1)) - 1
+        top = max(paces)
+        if top > best and len(self._classes[top]) == 1 and paces[top] > PACE_SLACK * paces[best]:
+            # The largest class tried was slower on its one batch: grow no further until a
+            # second batch of it says whether it is (slow start would double past it first).
+            return (1 << top) - 1
+        return None
+
+
+class BatchSizer:
+    """Chooses the next batch size from the memory now, the limit and what batches cost."""
+
+    def __init__(self, target: int, min_size: int = 1, max_size: Optional[int] = None) -> None:
+        self.min_size = min_size
+        self.cap = max(max_size or target, min_size)
+        self.last = 0
+        self.alone = True  # see share()
+        self._starts: collections.deque[int] = collections.deque(maxlen=STARTS)
+        self._low = self._high = self._swing = 0  # lowest and highest start, largest drop
+        # (size, bytes over the floor at the peak, whether it was the loop's first batch)
+        self._peaks: collections.deque[tuple[int, int, bool]] = collections.deque(maxlen=WINDOW)
+        self._line: Optional[tuple[float, float]] = None  # (fixed, per item), noise included
+        self._measured = 0  # batches measured exactly
+        self._spread = False  # whether the sizes seen tell a fixed cost from one per item
+        self._reach = 1.0
+        self._halve = False
+        self._cheap = 0
+        self._exact_max = 0  # the largest batch whose peak was measured exactly
+        self._first = min_size  # the first batch's size: see start_at()
+        self.pace = Pace()
+
+    def start_at(self, size: int) -> None:
+        """Make the first batch ``size`` (within the bounds) rather than ``min_size``: a loop
+        resumed after a kill starts at half the batch the kill interrupted."""
+        self._first = max(self.min_size, min(size, self.cap))
+
+    def share(self, alone: bool) -> None:
+        """Say whether this loop is the only one reading its memory. Alone, its starts swing
+        with its own batches only; with others, another loop's batch is in every reading and
+        no memory to reuse. When that changes, what the window learned no longer holds: it
+        starts again from the last batch measured."""
+        if alone == self.alone:
+            return
+        self.alone = alone
+        self._starts.clear()
+        if self._peaks:
+            size, used, _ = self._peaks[-1]
+            self._peaks.clear()
+            self._peaks.append((size, used, False))
+            self._fit()
+
+    # -- the cost model
+    @property
+    def cost_per_item(self) -> Optional[float]:
+        """Bytes one more item is planned to add to a batch's peak; None until one showed."""
+        return None if self._line is None else self._line[1]
+
+    @property
+    def fixed_cost(self) -> Optional[float]:
+        """Bytes a batch is planned to add over the floor whatever its size; None until known."""
+        return None if self._line is None else self._line[0]
+
+    def floor(self, rss: int) -> int:
+        """What a batch starting at ``rss`` cannot reuse: ``rss`` less the largest drop seen
+        between recent starts (and no lower than the lowest of them); ``rss`` itself unless the
+        loop is :attr:`alone`."""
+        if not self.alone or not self._starts or rss <= self._low:
+            return rss
+        return max(self._low, rss - max(0, self._swing, self._high - rss))
+
+    def predict(self, size: int) -> Optional[float]:
+        """Bytes a batch of ``size`` is planned to peak at over the floor; None until known."""
+        if self._line is None:
+            return None
+        fixed, slope = self._line
+        return max(fixed + slope * size, self._per_item() * size)
+
+    def need(self, size: int, rss: int) -> int:
+        """Bytes a batch of ``size`` is planned to add over ``rss`` at its peak (0 while no
+        cost is known, or when it fits in memory the allocator kept)."""
+        peak = self.predict(size)
+        return 0 if peak is None else max(0, int(self.floor(rss) + peak - rss))
+
+    def _per_item(self) -> float:
+        """Past the largest batch measured, all of its planned cost counts per item."""
+        assert self._line is not None
+        fixed, slope = self._line
+        return fixed / max(1, self._exact_max) + slope
+
+    def _fit(self) -> None:
+        points = [(n, u) for n, u, first in self._peaks if not first]
+        if not points:  # the first batch alone: its warm-up is no cost once others show one
+            points = [(n, u) for n, u, _ in self._peaks]
+        count = len(points)
+        sn = su = snn = snu = 0.0
+        smallest = largest = points[0][0]
+        for n, u in points:
+            sn += n
+            su += u
+            snn += n * n
+            snu += n * u
+            smallest, largest = min(smallest, n), max(largest, n)
+        mean_n, mean_u = sn / count, su / count
+        var = snn - sn * mean_n
+        self._spread = largest >= 1.5 * smallest
+        slope = (snu - sn * mean_u) / var if var > 0 else 0.0
+        fixed = mean_u - slope * mean_n
+        if not self.alone or not self._spread:
+            # One size (or sizes too close) tells no fixed cost; with others' batches in the
+            # readings, a cost that does not follow this loop's size may be theirs: all of the
+            # cost counts per item.
+            fixed, slope = 0.0, mean_u / mean_n
+        elif slope < 0:  # flat, within the noise (the larger batches' cost per item caps it)
+            fixed, slope = mean_u, 0.0
+        elif fixed < 0:  # no fixed cost shows: per item, through the origin
+            fixed, slope = 0.0, snu / snn
+        ratios = sorted(u / (v if (v := fixed + slope * n) > 1.0 else 1.0) for n, u in points)
+        noise = max(1.0, ratios[-1])
+        median = (
+            ratios[count // 2] if count % 2 else (ratios[count // 2 - 1] + ratios[count // 2]) / 2
+        )
+        self._reach = min(2.0, max(1.0, noise / max(median, 1e-9)))
+        self._line = fixed * noise, slope * noise
+
+    # -- sizes
+    def size_for(self, rss: int, limit: int) -> int:
+        """The size :meth:`next_size` would choose, without choosing it."""
+        headroom = limit - rss
+        grow = self._first if self.last == 0 else min(self.cap, 2 * self.last)
+        size = grow
+        if self._line is not None:
+            fixed, slope = self._line
+            floor = self.floor(rss)
+            room = SAFETY * (limit - floor)
+            per_item = self._per_item()
+            if room < fixed:
+                size = 0
+            elif slope > 0:
+                size = min(grow, int((room - fixed) / slope))
+            if size > self._exact_max:  # the line rests on one end: see the module's doc
+                if self._measured >= SETTLE:
+                    size = min(size, max(int(room / per_item), math.ceil(STEP * self._exact_max)))
+                else:
+                    size = min(size, max(self._exact_max, int(room / (per_item * self._reach))))
+            if size <= self.min_size and self.alone:
+                # Stuck at the smallest size, a fixed cost cannot show: try a larger batch
+                # once, if its cost, all of it per item, fits under the limit itself.
+                probe = min(grow, math.ceil(1.5 * self.min_size))
+                if probe > self._exact_max and floor + probe * per_item <= limit:
+                    size = probe
+        pace = self.pace.cap()
+        if pace is not None:
+            size = min(size, max(pace, self.min_size))
+        if self._halve:
+            size = min(size, self.last // 2)
+        if headroom <= 0:
+            size = self.min_size
+        return max(self.min_size, min(size, self.cap))
+
+    def hold_back(self) -> None:
+        """Make the next batch at most half the last (memory pressure: the kernel reclaims)."""
+        self._halve = True
+
+    def next_size(self, rss: int, limit: int) -> int:
+        """The size of the next batch for ``rss`` bytes in use now under a ``limit``."""
+        self.last = self.size_for(rss, limit)
+        self._halve = False
+        return self.last
+
+    def needs_exact_peak(self, size: int, rss: int, limit: int) -> bool:
+        """Whether the next batch must be measured exactly (the kernel's mark, ~100 µs).
+
+        It must when the batch is larger than any measured exactly so far, on every
+        ``RELEARN``-th batch, and near the limit: whenever the batch's planned peak over the
+        floor is more than a quarter of the room above the floor (or, with no cost seen yet,
+        above ``NEAR_LIMIT`` of the limit). A cheap measurement (sampled readings) misses
+        spikes; with the batch planned at four times less than the room, a cost underestimated
+        even fourfold cannot break the ceiling. A larger batch is where a cost is underestimated
+        most: in CI, a first item of 200 KB landed on free memory already resident and measured
+        4 KB; unmeasured, slow start then doubled to 256 items of 200 KB under 40 MB of headroom.
+        """
+        peak = self.predict(size)
+        if size > self._exact_max or self._cheap >= RELEARN - 1:
+            exact = True
+        elif peak is None:  # batches of this size were measured and showed no cost
+            exact = rss > NEAR_LIMIT * limit
+        else:
+            exact = 4 * peak >= limit - self.floor(rss)
+        if exact:
+            self._cheap = 0
+            return True
+        self._cheap += 1
+        return False
+
+    def learn(
+        self,
+        size: int,
+        start_rss: int,
+        peak_rss: int,
+        limit: int,
+        exact: bool = True,
+        seconds: Optional[float] = None,
+    ) -> None:
+        """Record a finished batch of ``size`` items that started at ``start_rss``, peaked at
+        ``peak_rss`` and took ``seconds`` (None: not timed). Every start moves the floor; only
+        exact peaks teach the cost; a peak over the limit halves the next batch, and so does one
+        near it unless the batch cost what was planned."""
+        if seconds is not None:
+            self.pace.learn(size, seconds)
+        used = max(0, peak_rss - self.floor(start_rss))
+        planned = self.predict(size)
+        if size > 0 and exact:
+            self._exact_max = max(self._exact_max, size)  # one that showed no cost counts too
+            self._measured += 1
+            if used > 0:  # nothing seen is no cost learned: the items may have reused free memory
+                self._peaks.append((size, used, not self._peaks and not self._starts))
+                self._fit()
+        self._starts.append(start_rss)
+        high = swing = 0  # the largest drop from a start to a later one
+        for start in self._starts:
+            if start > high:
+                high = start
+            elif high - start > swing:
+                swing = high - start
+        self._low, self._high, self._swing = min(self._starts), high, swing
+        as_planned = exact and planned is not None and used <= AS_PLANNED * planned
+        if peak_rss > limit or (peak_rss > NEAR_LIMIT * limit and not as_planned):
+            self._halve = True  # over the limit, even as planned (a probe, a step past the line)
