@@ -4,6 +4,7 @@ lifetime peak, and fork."""
 from __future__ import annotations
 
 import gc
+import mmap
 import resource
 from pathlib import Path
 from typing import Any
@@ -13,7 +14,7 @@ import pytest
 from fork_helpers import in_forked_child
 
 from zerorag_guard import get_monitor
-from zerorag_guard.memory.probes import MB, MemoryProbe
+from zerorag_guard.memory.probes import MB, MemoryProbe, anonymous_bytes
 
 
 def vm_rss() -> int:
@@ -47,6 +48,36 @@ def test_statm_rss_agrees_with_vmrss() -> None:
     assert fast == pytest.approx(slow, rel=0.03)
     assert probe.rss_mb() >= 50
     del block
+
+
+def test_anonymous_bytes_counts_written_pages_and_not_a_mapped_file(tmp_path: Path) -> None:
+    before = anonymous_bytes()
+    assert before is not None, "no /proc/self/smaps_rollup on this kernel"
+    data = tmp_path / "data"
+    data.write_bytes(b"\x02" * (16 * MB))
+    probe = MemoryProbe(use_kernel_peak=False)
+    with open(data, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+        rss = probe.rss_bytes()
+        checksum = sum(mapped[i] for i in range(0, len(mapped), 4096))  # every page read
+        assert checksum == 2 * 4096
+        file_rss, file_anon = probe.rss_bytes() - rss, anonymous_bytes()
+    assert file_rss >= 15 * MB  # statm's RSS took the file's pages...
+    assert file_anon is not None and file_anon - before < 4 * MB  # ...the anonymous count did not
+    with mmap.mmap(-1, 16 * MB) as anon:
+        anon.write(b"\x01" * (16 * MB))
+        written = anonymous_bytes()
+    assert written is not None and written - file_anon >= 15 * MB
+    probe.close()
+
+
+def test_anonymous_bytes_reads_smaps_rollup_and_is_none_without_it(tmp_path: Path) -> None:
+    (tmp_path / "self").mkdir()
+    (tmp_path / "self" / "smaps_rollup").write_text(
+        "55d0c0a00000-7ffd5e7fe000 ---p 00000000 00:00 0   [rollup]\n"
+        "Rss:              102132 kB\nAnonymous:         71984 kB\nSwap:                  0 kB\n"
+    )
+    assert anonymous_bytes(str(tmp_path)) == 71984 * 1024
+    assert anonymous_bytes(str(tmp_path / "nowhere")) is None
 
 
 def test_psutil_fallback_where_there_is_no_statm(tmp_path: Path) -> None:

@@ -86,6 +86,27 @@ def malloc_in_use_bytes() -> Optional[int]:
     return None if info is None else info["uordblks"] + info["hblkhd"]
 
 
+def anonymous_bytes(proc: str = "/proc") -> Optional[int]:
+    """Resident anonymous memory of this process (heap, stacks, anonymous mappings, pymalloc's
+    arenas), exact: ``Anonymous`` in ``/proc/self/smaps_rollup``, which the kernel counts by
+    walking the page tables. None where there is no such file (before Linux 4.14, not Linux).
+
+    Unlike ``statm``'s RSS it leaves out the pages of mapped files (code run for the first time
+    faults them in; the kernel drops and re-reads them) and is not a per-CPU counter read without
+    summing (since Linux 6.2, RSS as ``statm`` gives it may be off by 32 pages per CPU). It costs a
+    walk of the page tables (0.7 ms with 515 MB resident here): for readings once a round, not
+    for the hot path."""
+    try:
+        with open(os.path.join(proc, "self", "smaps_rollup"), "rb") as f:
+            text = f.read()
+    except OSError:
+        return None
+    for line in text.splitlines():
+        if line.startswith(b"Anonymous:"):
+            return int(line.split()[1]) * 1024
+    return None
+
+
 class PeakWindow:
     """The peak RSS between its opening and :meth:`close` (or now, while open).
 
