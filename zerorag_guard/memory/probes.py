@@ -92,10 +92,9 @@ def anonymous_bytes(proc: str = "/proc") -> Optional[int]:
     walking the page tables. None where there is no such file (before Linux 4.14, not Linux).
 
     Unlike ``statm``'s RSS it leaves out the pages of mapped files (code run for the first time
-    faults them in; the kernel drops and re-reads them) and is not a per-CPU counter read without
-    summing (since Linux 6.2, RSS as ``statm`` gives it may be off by 32 pages per CPU). It costs a
-    walk of the page tables (0.7 ms with 515 MB resident here): for readings once a round, not
-    for the hot path."""
+    faults them in; the kernel drops and reads them again under pressure), which no leak of
+    this process's own makes. It costs a walk of the page tables (0.7 ms with 515 MB resident
+    here): for readings once a round, not for the hot path."""
     try:
         with open(os.path.join(proc, "self", "smaps_rollup"), "rb") as f:
             text = f.read()
