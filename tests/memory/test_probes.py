@@ -51,11 +51,16 @@ def test_statm_rss_agrees_with_vmrss() -> None:
 
 
 def test_anonymous_bytes_counts_written_pages_and_not_a_mapped_file(tmp_path: Path) -> None:
+    # Written a megabyte at a time: a 16 MB buffer freed may stay resident in the heap (glibc
+    # serves it from there once a large block was freed before) and count as anonymous memory.
+    chunk = b"\x02" * MB
+    data = tmp_path / "data"
+    with open(data, "wb") as out:
+        for _ in range(16):
+            out.write(chunk)
+    probe = MemoryProbe(use_kernel_peak=False)
     before = anonymous_bytes()
     assert before is not None, "no /proc/self/smaps_rollup on this kernel"
-    data = tmp_path / "data"
-    data.write_bytes(b"\x02" * (16 * MB))
-    probe = MemoryProbe(use_kernel_peak=False)
     with open(data, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
         rss = probe.rss_bytes()
         checksum = sum(mapped[i] for i in range(0, len(mapped), 4096))  # every page read
@@ -63,20 +68,30 @@ def test_anonymous_bytes_counts_written_pages_and_not_a_mapped_file(tmp_path: Pa
         file_rss, file_anon = probe.rss_bytes() - rss, anonymous_bytes()
     assert file_rss >= 15 * MB  # statm's RSS took the file's pages...
     assert file_anon is not None and file_anon - before < 4 * MB  # ...the anonymous count did not
-    with mmap.mmap(-1, 16 * MB) as anon:
-        anon.write(b"\x01" * (16 * MB))
+    # Private anonymous pages, then shared ones (mmap.mmap(-1, n) maps shared memory).
+    private = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS
+    with mmap.mmap(-1, 16 * MB, flags=private) as anon, mmap.mmap(-1, 16 * MB) as shared:
+        for offset in range(0, 16 * MB, MB):
+            anon[offset : offset + MB] = chunk
         written = anonymous_bytes()
+        for offset in range(0, 16 * MB, MB):
+            shared[offset : offset + MB] = chunk
+        both = anonymous_bytes()
     assert written is not None and written - file_anon >= 15 * MB
+    assert both is not None and both - written >= 15 * MB
     probe.close()
 
 
-def test_anonymous_bytes_reads_smaps_rollup_and_is_none_without_it(tmp_path: Path) -> None:
+def test_anonymous_bytes_reads_status_and_is_none_without_it(tmp_path: Path) -> None:
     (tmp_path / "self").mkdir()
-    (tmp_path / "self" / "smaps_rollup").write_text(
-        "55d0c0a00000-7ffd5e7fe000 ---p 00000000 00:00 0   [rollup]\n"
-        "Rss:              102132 kB\nAnonymous:         71984 kB\nSwap:                  0 kB\n"
+    status = tmp_path / "self" / "status"
+    status.write_text(
+        "Name:\tpython\nVmRSS:\t  102132 kB\nRssAnon:\t   71984 kB\n"
+        "RssFile:\t   30124 kB\nRssShmem:\t      24 kB\n"
     )
-    assert anonymous_bytes(str(tmp_path)) == 71984 * 1024
+    assert anonymous_bytes(str(tmp_path)) == (71984 + 24) * 1024
+    status.write_text("Name:\tpython\nVmRSS:\t  102132 kB\n")  # a kernel before 4.5
+    assert anonymous_bytes(str(tmp_path)) is None
     assert anonymous_bytes(str(tmp_path / "nowhere")) is None
 
 

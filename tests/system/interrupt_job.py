@@ -62,6 +62,10 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=100)
     parser.add_argument("--seed", type=int, default=None)
     args = parser.parse_args()
+    # A process started in the background by a shell without job control (`make test &`, nohup)
+    # inherits SIGINT ignored, and Python then leaves it so: every signal would be lost and
+    # every trial would wait out its second.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
     rng = random.Random(args.seed)
     monitor = get_monitor()
     monitor.configure(sample_interval=0.005)

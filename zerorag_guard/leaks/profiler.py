@@ -6,8 +6,8 @@ it in two passes of ``iterations`` rounds each, with a full garbage collection b
 measurement:
 
 1. untraced: the bytes ``malloc`` holds (glibc's ``mallinfo2``, where there is one), RSS (after
-   ``malloc_trim(0)``, so freed heap pages do not hide or fake growth; on Linux the resident
-   anonymous pages, counted exactly: :func:`~zerorag_guard.memory.probes.anonymous_bytes`) and
+   ``malloc_trim(0)``, so freed heap pages do not hide or fake growth; on Linux without the
+   pages of mapped files: :func:`~zerorag_guard.memory.probes.anonymous_bytes`) and
    a census of live objects by type, in pympler's summary rows (type name, count, size);
 2. under tracemalloc: the traced bytes still alive, grouped by allocation traceback.
 
@@ -182,7 +182,7 @@ class LeakProfiler:
             # Its sampler fills a bounded history: growth that would read as a leak here.
             self._held.enter_context(monitor.paused())
 
-        # RSS, exactly where the kernel can say: the resident anonymous pages (see
+        # RSS without the pages of mapped files where the kernel tells them apart (see
         # anonymous_bytes); statm's RSS elsewhere.
         reader = self._rss_reader
         if reader is None and anonymous_bytes() is not None:
