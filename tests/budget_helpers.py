@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 
 from zerorag_guard import GuardConfig, MemoryMonitor
 from zerorag_guard.memory.limits import EffectiveLimit
@@ -39,11 +40,16 @@ class Steady:
 
 
 def monitor_with(
-    reader: object, limit: EffectiveLimit = HOST, group: object = None, **config: object
+    reader: object,
+    limit: EffectiveLimit = HOST,
+    group: object = None,
+    clock: Callable[[], float] = time.monotonic,
+    **config: object,
 ) -> MemoryMonitor:
     """A monitor (sampler not started) reading ``reader`` and configured with ``config``;
     ``group`` stands in for its group readings (a
-    :class:`~zerorag_guard.memory.group.GroupReader`)."""
+    :class:`~zerorag_guard.memory.group.GroupReader`), ``clock`` for time (budgets time their
+    batches with it)."""
     settings = {
         "threshold_mb": 1000,
         "critical_threshold_mb": 1200,
@@ -55,4 +61,5 @@ def monitor_with(
         probe=MemoryProbe(reader),  # type: ignore[arg-type]
         limit_reader=lambda: limit,
         group=group,  # type: ignore[arg-type]
+        clock=clock,
     )

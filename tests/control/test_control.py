@@ -10,6 +10,7 @@ import stat
 import tempfile
 import threading
 import time
+import types
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -52,7 +53,10 @@ def _talk(path: Path, payload: bytes, timeout: float = 5.0) -> dict[str, Any]:
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
         s.settimeout(timeout)
         s.connect(str(path))
-        s.sendall(payload)
+        try:
+            s.sendall(payload)
+        except BrokenPipeError:
+            pass  # a refusal may come and the server close before the request is sent: read it
         buf = b""
         while b"\n" not in buf:
             chunk = s.recv(65536)
@@ -224,6 +228,45 @@ def test_another_user_is_refused(runtime_dir: Path) -> None:
     assert seen["private"] == "PermissionError"
     assert server.refused == 1
     assert _talk(path, b'{"cmd": "ping"}\n')["ok"]  # its owner still gets in
+
+
+def test_a_refusal_sent_before_the_request_is_read_reaches_the_client(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The server refuses at once and closes; on a loaded machine that can happen before the
+    # client sends its request, whose send then fails with EPIPE (seen in make test). The
+    # client's send is held here until the server has closed, so that order is certain.
+    directory = check_private_dir(tmp_path / "zg", create=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(directory / "4242.sock"))
+    listener.listen(1)
+    closed = threading.Event()
+    refusal = b'{"ok": false, "error": "permission denied", "error_type": "PermissionError"}\n'
+
+    def refuse() -> None:
+        conn, _ = listener.accept()
+        conn.sendall(refusal)
+        conn.close()
+        closed.set()
+
+    class LateSocket(socket.socket):
+        def sendall(self, data: Any, *args: Any) -> None:
+            assert closed.wait(10)
+            super().sendall(data, *args)
+
+    from zerorag_guard.control import client as client_module
+
+    late = types.SimpleNamespace(
+        socket=LateSocket, AF_UNIX=socket.AF_UNIX, SOCK_STREAM=socket.SOCK_STREAM
+    )
+    monkeypatch.setattr(client_module, "socket", late)
+    server = threading.Thread(target=refuse, daemon=True)
+    server.start()
+    with pytest.raises(RemoteError, match="permission denied") as refused:
+        ControlClient(4242, directory=directory).request("ping")
+    assert refused.value.error_type == "PermissionError"
+    server.join(10)
+    listener.close()
 
 
 def test_starting_a_server_removes_sockets_of_dead_processes(runtime_dir: Path) -> None:

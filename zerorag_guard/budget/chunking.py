@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import time
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
@@ -79,7 +78,7 @@ class _Loop:
         """A batch is about to be handed out."""
         if self.checkpoint is not None:
             self.checkpoint.begin(self.done, batch)
-        self._handed = time.perf_counter()
+        self._handed = self.budget.monitor.clock()
 
     def plan(self) -> tuple[int, Any, int]:
         """Before a batch: apply the policy, reserve and choose the size, open the peak window."""
@@ -120,7 +119,7 @@ class _Loop:
 
     def finish(self, batch: list[Any], window: Any, start_rss: int) -> None:
         """After a batch: count it as processed and learn its cost from its peak and time."""
-        seconds = time.perf_counter() - self._handed
+        seconds = self.budget.monitor.clock() - self._handed
         budget = self.budget
         count = len(batch)
         budget.processed += count

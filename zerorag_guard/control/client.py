@@ -97,7 +97,10 @@ class ControlClient:
                 sock.connect(os.fspath(path))
             except (FileNotFoundError, ConnectionRefusedError):
                 raise NoSuchProcess(self.pid, path, "nobody listening on the socket") from None
-            sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+            try:
+                sock.sendall(json.dumps({"cmd": cmd, **fields}).encode() + b"\n")
+            except (BrokenPipeError, ConnectionResetError):
+                pass  # answered and closed before our request was read (a refusal): read it
             reply = json.loads(read_line(sock, MAX_REPLY))
         if not isinstance(reply, dict):
             raise RemoteError(f"pid {self.pid} sent a reply that is not a JSON object")

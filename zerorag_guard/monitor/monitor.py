@@ -137,6 +137,11 @@ class MemoryMonitor(Reports):
         return self._probe
 
     @property
+    def clock(self) -> Callable[[], float]:
+        """The monotonic clock this monitor runs on; budgets time their batches with it."""
+        return self._clock
+
+    @property
     def group(self) -> GroupReader:
         """The readings of this process's groups (cgroup, process tree, host), for scopes."""
         return self._group
