@@ -48,6 +48,7 @@ class _Loop:
         self.checkpoint = budget._loop_checkpoint()
         self.done = 0  # items of this loop done, skipped ones included
         self._handed = 0.0  # when the batch was handed out: its time teaches the sizer's pace
+        self._clock = budget.monitor.clock
         self._ended = False
         if first is not None:
             self.sizer.start_at(first)
@@ -78,7 +79,7 @@ class _Loop:
         """A batch is about to be handed out."""
         if self.checkpoint is not None:
             self.checkpoint.begin(self.done, batch)
-        self._handed = self.budget.monitor.clock()
+        self._handed = self._clock()
 
     def plan(self) -> tuple[int, Any, int]:
         """Before a batch: apply the policy, reserve and choose the size, open the peak window."""
@@ -119,7 +120,7 @@ class _Loop:
 
     def finish(self, batch: list[Any], window: Any, start_rss: int) -> None:
         """After a batch: count it as processed and learn its cost from its peak and time."""
-        seconds = self.budget.monitor.clock() - self._handed
+        seconds = self._clock() - self._handed
         budget = self.budget
         count = len(batch)
         budget.processed += count

@@ -95,16 +95,19 @@ def anonymous_bytes(proc: str = "/proc") -> Optional[int]:
     Unlike ``statm``'s RSS it leaves out the pages of mapped files (code run for the first time
     faults them in; the kernel drops them under pressure and reads them again), which no leak
     of this process's own makes."""
-    fields: dict[bytes, int] = {}
     try:
         with open(os.path.join(proc, "self", "status"), "rb") as f:
-            for line in f:
-                name, _, rest = line.partition(b":")
-                if name in (b"RssAnon", b"RssShmem"):
-                    fields[name] = int(rest.split()[0]) * 1024
-    except (OSError, ValueError, IndexError):
+            data = f.read()
+        return _status_bytes(data, b"RssAnon") + _status_bytes(data, b"RssShmem")
+    except (OSError, ValueError):
         return None
-    return sum(fields.values()) if len(fields) == 2 else None
+
+
+def _status_bytes(data: bytes, name: bytes) -> int:
+    """The figure ``name`` (in kB) of a ``/proc/<pid>/status`` text, in bytes; ValueError when
+    the text has no such line."""
+    start = data.index(name + b":") + len(name) + 1
+    return int(data[start : data.index(b"kB", start)]) * 1024
 
 
 class PeakWindow:
@@ -237,9 +240,7 @@ class MemoryProbe:
             f.write("5")
 
     def _read_hwm(self) -> int:
-        data = os.pread(self._status_fd, 4096, 0)  # type: ignore[arg-type]
-        start = data.index(b"VmHWM:") + 6
-        return int(data[start : data.index(b"kB", start)]) * 1024
+        return _status_bytes(os.pread(self._status_fd, 4096, 0), b"VmHWM")  # type: ignore[arg-type]
 
     def _reset_kernel_mark(self) -> None:
         # The mark is process-wide: any probe's reset wipes it for all of them, so hand the old
