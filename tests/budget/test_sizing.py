@@ -351,10 +351,7 @@ NOISY_BATCHES = 100
 
 
 # Derandomized: the same 150 workloads on every run and every machine, so the suite cannot fail
-# on one rare draw. Draws outside them are measured by simulation instead (the budgets page): of
-# 12,000 workloads drawn with a bias to the bounds, 19 (0.16%) kept batches under 80% of what
-# fits, every one where a fixed cost of about 150 MB dominates batches of 1 to 7 items under
-# +-30% noise, and 2 had more than 2 batches over the ceiling.
+# on one rare draw. Draws outside them are measured by simulation instead (the budgets page).
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(
     w=st.builds(
@@ -380,12 +377,8 @@ def test_noisy_workloads_keep_the_ceiling_and_reach_the_size_that_fits(
     noise = [rng.uniform(0.7, 1.3) for _ in range(NOISY_BATCHES)]
     kept = [rng.uniform(0, 1) for _ in range(NOISY_BATCHES)]
     run = drive(w, NOISY_BATCHES, noise.__getitem__, kept.__getitem__)
-    # The ceiling: a batch over it is rare (5,000 random workloads of 100 batches: 46 batches
-    # over, 0.009%, never more than 2 in one workload, mostly in the first 10; see the budgets
-    # page) and the next one is at most half its size.
-    over = [i for i, b in enumerate(run) if b.peak > w.limit]
-    assert len(over) <= 2
-    assert all(run[i + 1].size <= max(1, run[i].size // 2) for i in over if i + 1 < len(run))
+    # The ceiling holds: no batch peaks over it.
+    assert [(i, b.size, b.fits) for i, b in enumerate(run) if b.peak > w.limit] == []
     # Batches reach at least 80% of the largest size whose worst peak fits the share of the
     # room a batch plans on (or the target).
     later = run[NOISY_BATCHES // 3 :]

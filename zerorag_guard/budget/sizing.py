@@ -65,8 +65,14 @@ AS_PLANNED = 1.1
 #: Exact batches the line and the noise are fitted on; starts the floor is read from.
 WINDOW = 32
 STARTS = WINDOW
-#: Past the largest batch measured, the line is followed this much further at a time.
+#: Past the largest batch measured, the line is followed this much further at a time...
 STEP = 1.25
+#: ... where the line, this many of its standard errors higher, still fits.
+STEP_ERRORS = 1.0
+#: While fewer batches than this are fitted, the noise is at least ...
+FEW = 24
+#: ... this many standard deviations of their ratios to the line over it.
+FEW_DEVIATIONS = 2.0
 #: Far from the limit, one batch in this many is still measured exactly, to keep learning.
 RELEARN = 8
 #: A size class this much slower per item than the fastest is not grown into...
@@ -139,6 +145,8 @@ class BatchSizer:
         self._measured = 0  # batches measured exactly
         self._spread = False  # whether the sizes seen tell a fixed cost from one per item
         self._reach = 1.0
+        # the line's error: (relative standard deviation, batches, mean size, sum of squares)
+        self._error = (0.0, 1, 0.0, 0.0)
         self._halve = False
         self._cheap = 0
         self._exact_max = 0  # the largest batch whose peak was measured exactly
@@ -232,11 +240,42 @@ class BatchSizer:
             fixed, slope = 0.0, snu / snn
         ratios = sorted(u / (v if (v := fixed + slope * n) > 1.0 else 1.0) for n, u in points)
         noise = max(1.0, ratios[-1])
+        deviation = 0.0
+        if count > 2:
+            deviation = math.sqrt(sum((r - 1.0) ** 2 for r in ratios) / (count - 2))
+            if count < FEW:  # a few batches' largest ratio falls short of the worst
+                noise = max(noise, 1.0 + FEW_DEVIATIONS * deviation)
+        self._error = (deviation, count, mean_n, var)
         median = (
             ratios[count // 2] if count % 2 else (ratios[count // 2 - 1] + ratios[count // 2]) / 2
         )
         self._reach = min(2.0, max(1.0, noise / max(median, 1e-9)))
         self._line = fixed * noise, slope * noise
+
+    def _upper(self, size: int) -> float:
+        """The line at ``size`` raised by ``STEP_ERRORS`` of its standard error there: a line
+        fitted on sizes close together, or on noisy peaks, is least sure past its end."""
+        assert self._line is not None
+        fixed, slope = self._line
+        deviation, count, mean_n, sxx = self._error
+        if deviation == 0.0:
+            return fixed + slope * size
+        if sxx <= 0.0:
+            return math.inf
+        error = deviation * math.sqrt(1 / count + (size - mean_n) ** 2 / sxx)
+        return (fixed + slope * size) * (1.0 + STEP_ERRORS * error)
+
+    def _step(self, room: float) -> int:
+        """The largest size up to ``STEP`` past the largest measured whose :meth:`_upper` fits
+        ``room`` (the largest measured when none does)."""
+        low, high = self._exact_max, math.ceil(STEP * self._exact_max)
+        while low < high:  # low fits (or is the largest measured); high + 1 does not
+            middle = (low + high + 1) // 2
+            if self._upper(middle) <= room:
+                low = middle
+            else:
+                high = middle - 1
+        return low
 
     # -- sizes
     def size_for(self, rss: int, limit: int) -> int:
@@ -255,7 +294,7 @@ class BatchSizer:
                 size = min(grow, int((room - fixed) / slope))
             if size > self._exact_max:  # the line rests on one end: see the module's doc
                 if self._measured >= SETTLE:
-                    size = min(size, max(int(room / per_item), math.ceil(STEP * self._exact_max)))
+                    size = min(size, max(int(room / per_item), self._step(room)))
                 else:
                     size = min(size, max(self._exact_max, int(room / (per_item * self._reach))))
             if size <= self.min_size and self.alone:
