@@ -14,6 +14,7 @@ from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from zerorag_guard.budget.sizing import (
+    FEW,
     PACE_MIN_SECONDS,
     PACE_RETRY,
     RELEARN,
@@ -270,6 +271,47 @@ def test_a_loop_that_starts_or_stops_sharing_its_reading_learns_afresh() -> None
     sizer.share(alone=False)  # another loop started: its batches are in the readings now
     assert sizer.fixed_cost == 0 and sizer.cost_per_item is not None
     assert sizer.cost_per_item * sizer.last == pytest.approx(sizer.predict(sizer.last))
+
+
+def _learned(pattern: list[tuple[int, float]], batches: int, fixed: int = 50) -> BatchSizer:
+    """A sizer that measured a first batch of one item and then ``batches`` batches of
+    ``pattern`` in turn, ``(size, noise)``: each costs ``(fixed + 1 MB an item) * noise``."""
+    sizer = BatchSizer(1000)
+    sizer.learn(1, 100 * MB, (101 + fixed) * MB, 10_000 * MB)
+    for i in range(batches):
+        size, noise = pattern[i % len(pattern)]
+        sizer.learn(size, 100 * MB, 100 * MB + round((fixed + size) * noise * MB), 10_000 * MB)
+    sizer.last = max(size for size, _ in pattern)
+    return sizer
+
+
+def test_a_few_noisy_batches_plan_on_more_noise_than_they_showed() -> None:
+    # Four batches 20% under and over their cost: the largest ratio to the line is 1.2, but four
+    # draws rarely hold the worst. While fewer than FEW batches are fitted, the plan is at least
+    # two of their deviations over the line: 1 + 2 * 0.283 (the deviation with the line's two
+    # figures counted out: sqrt(4 * 0.2^2 / 2)).
+    pattern = [(8, 0.8), (16, 1.2), (8, 1.2), (16, 0.8)]
+    few = _learned(pattern, 4, fixed=0)
+    assert few.predict(16) == pytest.approx(16 * (1 + 2 * 0.08**0.5) * MB, rel=1e-6)
+    # With FEW of them, the largest ratio is the noise again.
+    many = _learned(pattern, FEW + 4, fixed=0)
+    assert many.predict(16) == pytest.approx(16 * 1.2 * MB, rel=1e-6)
+
+
+def test_a_step_past_the_largest_batch_follows_the_line_only_as_far_as_it_is_sure() -> None:
+    # Batches of 64 and 104 items, 50 MB + 1 MB an item. Exact, the line is sure: past the
+    # largest measured (104) batches step a quarter further (130), where the line still fits
+    # though all of the cost counted per item would not (124 items).
+    exact = _learned([(64, 1.0), (104, 1.0)], 30)
+    assert exact.size_for(100 * MB, 100 * MB + round(185 / SAFETY * MB)) == 130
+    # Under +-20% noise the same line, noise included, fits 130 too, but one standard error of
+    # a line fitted 40 items apart, 26 past its end, does not (117 items): no step past what
+    # all of the cost counted per item allows (122).
+    noisy = _learned([(64, 0.8), (64, 1.2), (104, 0.8), (104, 1.2)], 30)
+    room = 218 * MB
+    assert noisy.fixed_cost is not None and noisy.cost_per_item is not None
+    assert noisy.fixed_cost + 130 * noisy.cost_per_item < room  # the line alone steps to 130
+    assert noisy.size_for(100 * MB, 100 * MB + round(room / SAFETY)) == 122
 
 
 # -- time: a larger batch that is slower per item ---------------------------------------------
