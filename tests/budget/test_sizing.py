@@ -305,7 +305,7 @@ def test_a_step_past_the_largest_batch_follows_the_line_only_as_far_as_it_is_sur
     exact = _learned([(64, 1.0), (104, 1.0)], 30)
     assert exact.size_for(100 * MB, 100 * MB + round(185 / SAFETY * MB)) == 130
     # Under +-20% noise the same line, noise included, fits 130 too, but one standard error of
-    # a line fitted 40 items apart, 26 past its end, does not (117 items): no step past what
+    # a line fitted 40 items apart, 26 past its end, does not (118 items): no step past what
     # all of the cost counted per item allows (122).
     noisy = _learned([(64, 0.8), (64, 1.2), (104, 0.8), (104, 1.2)], 30)
     room = 218 * MB
