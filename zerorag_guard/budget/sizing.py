@@ -25,11 +25,17 @@ for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
   loop's first batch, which also pays what a first call pays once (thread pools, kernels), is
   left out once later batches show a cost.
 - **the noise**: the largest ratio of a batch's peak to the line, over the same batches. A
-  batch is planned at the line times that ratio: the worst seen.
+  batch is planned at the line times that ratio: the worst seen. A few draws rarely hold the
+  worst: while fewer than ``FEW`` batches are fitted, the ratio is at least 1 plus
+  ``FEW_DEVIATIONS`` standard deviations of their ratios.
 - **no flat cost trusted past what was seen**: a batch larger than any measured is planned at
   the largest one's cost per item (all of its planned cost counted per item; while fewer than
   ``SETTLE`` batches were measured, times the noise over the median ratio), so a line that
-  read a cost as flat cannot grow batches faster than their peaks show.
+  read a cost as flat cannot grow batches faster than their peaks show. Once ``SETTLE`` were,
+  a batch may step ``STEP`` past the largest along the line, as far as the line raised by
+  ``STEP_ERRORS`` of its standard error there fits: a line fitted on sizes close together, or
+  on noisy peaks, is least sure past its end (least squares' error of the mean at a size,
+  relative, from the ratios' deviation; nil for exact peaks).
 
 Time counts too, within what memory allows: a batch's items may cost more each in a larger
 batch (an embedding model pads every text of a call to its longest, so a call of 32 is slower
