@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from zerorag_guard.budget.sizing import (
     FEW,
+    FEW_EXCESS,
     PACE_MIN_SECONDS,
     PACE_RETRY,
     RELEARN,
@@ -296,6 +297,21 @@ def test_a_few_noisy_batches_plan_on_more_noise_than_they_showed() -> None:
     # With FEW of them, the largest ratio is the noise again.
     many = _learned(pattern, FEW + 4, fixed=0)
     assert many.predict(16) == pytest.approx(16 * 1.2 * MB, rel=1e-6)
+
+
+def test_cheap_batches_do_not_swell_the_noise_of_a_few() -> None:
+    # One batch of nine cost 30% of its share (it reused memory another loop had freed): the
+    # deviation it adds (1 + 2 x 0.27 over the line) says nothing of how costly a batch can be.
+    # The plan is no more than FEW_EXCESS times the largest excess over the line seen (1.11).
+    pattern = [(8, 1.0)] + [(16, 1.0)] * 3 + [(8, 1.0)] + [(16, 1.0)] * 3 + [(16, 0.3)]
+    sizer = _learned(pattern, len(pattern), fixed=0)
+    sizes, costs = [n for n, _ in pattern], [n * f for n, f in pattern]
+    slope, fixed = statistics.linear_regression(sizes, costs)
+    ratios = [c / (fixed + slope * n) for n, c in zip(sizes, costs)]
+    deviation = (sum((r - 1) ** 2 for r in ratios) / (len(ratios) - 2)) ** 0.5
+    assert max(ratios) == pytest.approx(1 / 0.9) and 1 + 2 * deviation > 1.5
+    planned = (fixed + slope * 16) * (1 + FEW_EXCESS * (max(ratios) - 1))
+    assert sizer.predict(16) == pytest.approx(planned * MB, rel=1e-6)
 
 
 def test_a_step_past_the_largest_batch_follows_the_line_only_as_far_as_it_is_sure() -> None:

@@ -77,8 +77,12 @@ STEP = 1.25
 STEP_ERRORS = 1.0
 #: While fewer batches than this are fitted, the noise is at least ...
 FEW = 24
-#: ... this many standard deviations of their ratios to the line over it.
+#: ... this many standard deviations of their ratios to the line over it, but no more than
+#: this many times the largest ratio's excess over the line: a deviation that cheap batches
+#: swelled (a loop that stopped sharing its reading, whose last batches had reused memory the
+#: other loop freed) says nothing of how costly a batch can be.
 FEW_DEVIATIONS = 2.0
+FEW_EXCESS = 3.0
 #: Far from the limit, one batch in this many is still measured exactly, to keep learning.
 RELEARN = 8
 #: A size class this much slower per item than the fastest is not grown into...
@@ -250,7 +254,8 @@ class BatchSizer:
         if count > 2:
             deviation = math.sqrt(sum((r - 1.0) ** 2 for r in ratios) / (count - 2))
             if count < FEW:  # a few batches' largest ratio falls short of the worst
-                noise = max(noise, 1.0 + FEW_DEVIATIONS * deviation)
+                swollen = 1.0 + FEW_EXCESS * (noise - 1.0)  # by cheap batches: see FEW_EXCESS
+                noise = max(noise, min(1.0 + FEW_DEVIATIONS * deviation, swollen))
         self._error = (deviation, count, mean_n, var)
         median = (
             ratios[count // 2] if count % 2 else (ratios[count // 2 - 1] + ratios[count // 2]) / 2
