@@ -27,7 +27,8 @@ for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
 - **the noise**: the largest ratio of a batch's peak to the line, over the same batches. A
   batch is planned at the line times that ratio: the worst seen. A few draws rarely hold the
   worst: while fewer than ``FEW`` batches are fitted, the ratio is at least 1 plus
-  ``FEW_DEVIATIONS`` standard deviations of their ratios.
+  ``FEW_DEVIATIONS`` standard deviations of their ratios (at most ``FEW_EXCESS`` times the
+  largest ratio's excess).
 - **no flat cost trusted past what was seen**: a batch larger than any measured is planned at
   the largest one's cost per item (all of its planned cost counted per item; while fewer than
   ``SETTLE`` batches were measured, times the noise over the median ratio), so a line that
