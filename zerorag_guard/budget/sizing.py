@@ -26,9 +26,9 @@ for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
   left out once later batches show a cost.
 - **the noise**: the largest ratio of a batch's peak to the line, over the same batches. A
   batch is planned at the line times that ratio: the worst seen. A few draws rarely hold the
-  worst: while fewer than ``FEW`` batches are fitted, the ratio is at least 1 plus
-  ``FEW_DEVIATIONS`` standard deviations of their ratios (at most ``FEW_EXCESS`` times the
-  largest ratio's excess).
+  worst: while fewer than ``FEW`` batches are fitted on sizes that tell a fixed cost, the ratio is
+  at least 1 plus ``FEW_DEVIATIONS`` standard deviations of their ratios (at most ``FEW_EXCESS``
+  times the largest ratio's excess).
 - **no flat cost trusted past what was seen**: a batch larger than any measured is planned at
   the largest one's cost per item (all of its planned cost counted per item; while fewer than
   ``SETTLE`` batches were measured, times the noise over the median ratio), so a line that
@@ -254,7 +254,10 @@ class BatchSizer:
         deviation = 0.0
         if count > 2:
             deviation = math.sqrt(sum((r - 1.0) ** 2 for r in ratios) / (count - 2))
-            if count < FEW:  # a few batches' largest ratio falls short of the worst
+            # A few batches' largest ratio falls short of the worst. Not where all of the cost
+            # counts per item: that line is no fit, and its ratios' spread is its misfit (a
+            # flat cost read per item at sizes 5 and 6 held the real model to batches of one).
+            if count < FEW and self.alone and self._spread:
                 swollen = 1.0 + FEW_EXCESS * (noise - 1.0)  # by cheap batches: see FEW_EXCESS
                 noise = max(noise, min(1.0 + FEW_DEVIATIONS * deviation, swollen))
         self._error = (deviation, count, mean_n, var)
