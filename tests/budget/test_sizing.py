@@ -16,12 +16,9 @@ from hypothesis import strategies as st
 from zerorag_guard.budget.sizing import (
     FEW,
     FEW_EXCESS,
-    PACE_MIN_SECONDS,
-    PACE_RETRY,
     RELEARN,
     SAFETY,
     BatchSizer,
-    Pace,
 )
 from zerorag_guard.memory.probes import MB
 
@@ -328,81 +325,6 @@ def test_a_step_past_the_largest_batch_follows_the_line_only_as_far_as_it_is_sur
     assert noisy.fixed_cost is not None and noisy.cost_per_item is not None
     assert noisy.fixed_cost + 130 * noisy.cost_per_item < room  # the line alone steps to 130
     assert noisy.size_for(100 * MB, 100 * MB + round(room / SAFETY)) == 122
-
-
-# -- time: a larger batch that is slower per item ---------------------------------------------
-def timed(sizer: BatchSizer, seconds_per_item: Callable[[int], float], batches: int) -> list[int]:
-    """``batches`` batches far from any limit (1 MB an item, 10 GB of room), each taking
-    ``seconds_per_item(size)`` per item."""
-    sizes = []
-    for _ in range(batches):
-        size = sizer.next_size(100 * MB, 10_000 * MB)
-        sizer.learn(
-            size, 100 * MB, (100 + size) * MB, 10_000 * MB, seconds=size * seconds_per_item(size)
-        )
-        sizes.append(size)
-    return sizes
-
-
-def test_batches_do_not_grow_into_sizes_slower_per_item() -> None:
-    # A model that pads each call to its longest text: 8-15 items a call is the fastest per
-    # item, 16 and more 30% slower. Slow start reaches 16, which is slower on its one batch:
-    # growth holds in its class (31) until a second batch says it is slower, then the loop
-    # steps down to 15 and stays there but for one batch in PACE_RETRY, which measures the
-    # slower class again.
-    sizes = timed(BatchSizer(64), lambda n: 0.02 if n < 8 else 0.01 if n < 16 else 0.013, 80)
-    assert sizes[:8] == [1, 2, 4, 8, 16, 31, 15, 15]
-    later = sizes[6:]
-    assert max(later) <= 30 and later.count(15) >= len(later) - len(later) // PACE_RETRY - 1
-    # Where larger is as fast or faster per item, the pace caps nothing: batches reach the target.
-    assert timed(BatchSizer(64), lambda n: 0.01 + 0.05 / n, 12)[-1] == 64
-    assert timed(BatchSizer(64), lambda n: 0.01, 12)[-1] == 64
-
-
-def test_one_slow_batch_holds_growth_and_caps_nothing_below_it() -> None:
-    # A persistent store: each write costs ~50 ms, and one write of 2 items took 120 ms. Read
-    # as a pace, it held a job of 20,000 items to batches of one. One slow batch holds growth
-    # in its class (2-3) for the next batch, which tells: a fast one lifts the hold.
-    pace = Pace()
-    pace.learn(1, 0.050)
-    pace.learn(2, 0.120)
-    assert pace.cap() == 3
-    pace.learn(3, 0.075)  # the class's second batch is as fast per item as 1
-    assert pace.cap() is None
-    pace = Pace()
-    pace.learn(1, 0.050)
-    pace.learn(2, 0.120)
-    pace.learn(2, 0.130)  # twice: that class is slower per item
-    assert pace.cap() == 1
-
-
-def test_a_slow_class_is_tried_again_and_lifted_when_it_got_faster() -> None:
-    pace = Pace()
-    for size, per_item in [(8, 0.01), (16, 0.02), (16, 0.02)]:
-        pace.learn(size, size * per_item)
-    assert pace.cap() == 15
-    for _ in range(3):  # the retries show 16-31 as fast as 8-15 now (the median of the last 3)
-        pace.learn(16, 16 * 0.01)
-    assert pace.cap() is None
-
-
-def test_batches_too_quick_to_time_teach_no_pace() -> None:
-    pace = Pace()
-    pace.learn(8, 8 * 0.0001)
-    pace.learn(32, PACE_MIN_SECONDS / 2)  # 4x slower per item, but within the clock's noise
-    assert pace.cap() is None
-
-
-def test_the_retry_comes_once_in_pace_retry_batches() -> None:
-    pace = Pace()
-    pace.learn(8, 0.1)
-    pace.learn(16, 0.4)
-    pace.learn(16, 0.4)
-    caps = []
-    for _ in range(2 * PACE_RETRY):
-        caps.append(pace.cap())
-        pace.learn(8, 0.1)
-    assert caps.count(31) == 2 and caps.count(15) == 2 * PACE_RETRY - 2
 
 
 NOISY_BATCHES = 100

@@ -1,6 +1,7 @@
 """Adaptive batch sizes: fit what a batch costs in memory, size batches to fit the headroom.
 
-Pure arithmetic on byte counts, so it is tested with exact figures. The policy is TCP's:
+Pure arithmetic on byte counts, so it is tested with exact figures (the pace, which caps sizes
+by their time per item, is :mod:`.pace`). The policy is TCP's:
 
 - slow start: the first batch is ``min_size`` and no batch is more than twice the one before,
   so the budget holds from the first batch even before anything is known of the items;
@@ -38,18 +39,6 @@ for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
   on noisy peaks, is least sure past its end (least squares' error of the mean at a size,
   relative, from the ratios' deviation; nil for exact peaks).
 
-Time counts too, within what memory allows: a batch's items may cost more each in a larger
-batch (an embedding model pads every text of a call to its longest, so a call of 32 is slower
-per text than four of 8). Each finished batch's seconds per item are kept by size class (sizes
-1, 2-3, 4-7, 8-15, ...); a class slower per item than the fastest by more than ``PACE_SLACK``
-is not grown into, and once in ``PACE_RETRY`` batches it is tried again, so one slow reading
-does not cap a loop for good. A class is slower on two batches; one slower batch of the largest
-class tried holds growth in that class until the next batch tells (slow start would otherwise
-have doubled twice past it before the pace could say: the real model's batches of 32-45 cost
-10-17% more per text than batches of 8, and a job of 150 passages spent 135 of them there).
-Batches shorter than ``PACE_MIN_SECONDS`` teach no pace (their time is the loop's own overhead
-and the clock's noise).
-
 Only a loop alone in its reading (no other loop in the process, no process tree) reuses
 memory and splits its cost in two: with others, another loop's batch is in every reading, and
 all of a batch's cost counts per item.
@@ -60,6 +49,8 @@ from __future__ import annotations
 import collections
 import math
 from typing import Optional
+
+from .pace import Pace
 
 #: Share of the room a batch may plan to use; the rest absorbs batches costlier than measured.
 SAFETY = 0.8
@@ -86,58 +77,6 @@ FEW_DEVIATIONS = 2.0
 FEW_EXCESS = 3.0
 #: Far from the limit, one batch in this many is still measured exactly, to keep learning.
 RELEARN = 8
-#: A size class this much slower per item than the fastest is not grown into...
-PACE_SLACK = 1.1
-#: ... except one batch in this many, which measures it again.
-PACE_RETRY = 16
-#: Batches quicker than this teach no pace; the last few of a class are its pace (median).
-PACE_MIN_SECONDS = 0.005
-PACE_SAMPLES = 3
-
-
-class Pace:
-    """Seconds per item by size class (``size.bit_length()``): the largest size worth its time."""
-
-    def __init__(self) -> None:
-        self._classes: dict[int, collections.deque[float]] = {}
-        self._batches = 0
-
-    def learn(self, size: int, seconds: float) -> None:
-        """A batch of ``size`` items took ``seconds`` (from handed out to the next request)."""
-        self._batches += 1
-        if size > 0 and seconds >= PACE_MIN_SECONDS:
-            recent = self._classes.setdefault(
-                size.bit_length(), collections.deque(maxlen=PACE_SAMPLES)
-            )
-            recent.append(seconds / size)
-
-    def cap(self) -> Optional[int]:
-        """The largest size below the smallest class slower than ``PACE_SLACK`` times the
-        fastest class (a larger one, every ``PACE_RETRY``-th batch); else, when the largest
-        class tried was that much slower on its one batch, the largest size of that class (grow
-        no further until a second batch tells); None when no class is slower.
-
-        A class is slower only on two batches at least (its lower median: of two, both): one
-        batch proves nothing. Against a persistent store, a write of 1 item took 50 ms and one
-        of 2 took 120 ms once; read as a pace, it held 20,000 items to batches of one."""
-        paces = {c: sorted(d)[(len(d) - 1) // 2] for c, d in self._classes.items()}
-        if len(paces) < 2:
-            return None
-        best = min(paces, key=paces.__getitem__)
-        slow = [
-            c
-            for c, pace in paces.items()
-            if c > best and len(self._classes[c]) >= 2 and pace > PACE_SLACK * paces[best]
-        ]
-        if slow:
-            first = min(slow) + (1 if self._batches % PACE_RETRY == 0 else 0)
-            return (1 << (first - 1)) - 1
-        top = max(paces)
-        if top > best and len(self._classes[top]) == 1 and paces[top] > PACE_SLACK * paces[best]:
-            # The largest class tried was slower on its one batch: grow no further until a
-            # second batch of it says whether it is (slow start would double past it first).
-            return (1 << top) - 1
-        return None
 
 
 class BatchSizer:
