@@ -498,3 +498,19 @@ def test_a_headroom_too_tight_for_a_batch_triggers_an_aggressive_cleanup(
     assert "aggressive" in kinds
     assert max(budget.batch_sizes[10:]) == 50  # batches did not collapse to min_batch_size
     assert budget.processed == 2000
+
+
+def test_a_first_batch_that_warms_up_triggers_no_aggressive_cleanup() -> None:
+    # The first batch (one item) also pays 150 MB once, as a model's first call does: read as
+    # its cost, two items would not fit the room. Its warm-up tells nothing of the next batches,
+    # so it is no reason for an aggressive cleanup (0.57 s with the real model loaded).
+    reader = ItemCost(base_mb=100, cost_mb=2)
+    monitor = monitor_with(reader)
+    with memory_budget(300, batch_size=50, monitor=monitor) as budget:
+        for i, batch in enumerate(budget.chunks(range(500))):
+            reader.live = len(batch)
+            monitor.probe.note(reader() + (150 * MB if i == 0 else 0))
+            reader.live = 0
+    assert budget.batch_sizes[:2] == [1, 1]  # two items, 152 MB each, do not fit 80% of 200
+    assert "aggressive" not in [r.strategy for r in budget.cleanups]
+    assert max(budget.batch_sizes) == 50 and budget.processed == 500

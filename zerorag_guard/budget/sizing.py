@@ -138,6 +138,12 @@ class BatchSizer:
         return None if self._line is None else self._line[1]
 
     @property
+    def warmed(self) -> bool:
+        """Whether a batch after the loop's first (which pays a first call's warm-up) was
+        measured exactly."""
+        return self._measured > 1
+
+    @property
     def fixed_cost(self) -> Optional[float]:
         """Bytes a batch is planned to add over the floor whatever its size; None until known."""
         return None if self._line is None else self._line[0]
