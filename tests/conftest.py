@@ -38,6 +38,6 @@ def _fresh_global_monitor(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def no_pace(monkeypatch: pytest.MonkeyPatch) -> None:
     """Chunk sizes from memory alone: batches' times (the sizer's pace, which a loaded machine
     makes vary) cap nothing. For tests that assert exact sizes from real writes."""
-    from zerorag_guard.budget import sizing
+    from zerorag_guard.budget import pace
 
-    monkeypatch.setattr(sizing, "PACE_SLACK", float("inf"))
+    monkeypatch.setattr(pace, "PACE_SLACK", float("inf"))
