@@ -247,44 +247,6 @@ def test_memory_that_stays_is_counted_once_in_the_start() -> None:
     assert run[-1].size == pytest.approx(SAFETY * (1000 - 100 - 4 * 149), rel=0.01)
 
 
-def kept_for_good(step: int, batches: int = 60) -> list[Batch]:
-    """The real model's pattern at 250 MB over it: a call costs 36 MB (+ 0.1 MB a passage) over
-    677 MB; from batch ``step`` on, the allocator keeps the most a batch held, for good (the
-    start rises once, by a batch's cost, and never comes back down), and each batch reuses it."""
-    limit = 752.0
-    sizer = BatchSizer(16)
-    base = rss = 677.0
-    kept = 0.0
-    out = []
-    for i in range(batches):
-        size = sizer.next_size(int(rss * MB), int(limit * MB))
-        transient = 36 + 0.1 * size
-        peak = max(rss, base + transient)
-        out.append(Batch(size, peak, 16))
-        sizer.learn(size, int(rss * MB), int(peak * MB), int(limit * MB))
-        if i >= step:
-            kept = max(kept, transient)
-        rss = base + kept
-    return out
-
-
-def test_memory_the_allocator_keeps_for_good_is_reused_not_a_ratchet() -> None:
-    # Read as a ratchet, the kept 37.6 MB left 0.8 x 36 MB of room: batches fell to 1 and never
-    # rose again (the next batches added nothing over their start: read as costing nothing
-    # over a floor at their start, they told no cost). A batch that adds less over its start
-    # than the least its size costs (the settled line less its noise, here 36 MB) reused that
-    # much: the floor is under its start, and batches grow back to the target.
-    run = kept_for_good(step=20)
-    assert all(b.peak <= 752 for b in run)
-    assert [b.size for b in run[:20]] == [1, 1, 2, 3, 4, 6, 9, 14] + [16] * 12
-    assert [b.size for b in run[20:26]] == [16, 1, 2, 4, 8, 16]  # one batch of 1 to tell
-    assert {b.size for b in run[26:]} == {16}
-    # Before the line settled (16 exact batches), the least a size costs is not trusted: the
-    # loop waits at 1 until it is, then grows back.
-    early = [b.size for b in kept_for_good(step=5)]
-    assert early[6:17] == [1] * 11 and set(early[-30:]) == {16}
-
-
 def test_a_loop_stuck_at_the_smallest_size_tries_one_larger() -> None:
     # 490 MB a batch whatever its size, under 1000 MB: a batch of 2, with all of the cost per
     # item, plans at 980 MB, over 80% of the room. With one size measured, nothing can tell a

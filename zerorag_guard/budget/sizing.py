@@ -19,11 +19,7 @@ for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
   the next batch reuses it: starts swing up and down while peaks do not. Memory seen to come
   back down (the largest drop between recent starts) counts as reusable, down to the lowest
   recent start; memory that only went up (results the job keeps, a store's growing index: a
-  ratchet) does not, so it counts once, in the start, apart from the batch's own peak. But an
-  allocator may keep a batch's buffers for good: the start rises once and later batches peak
-  within it, as a ratchet's do not. Once the line is settled, a batch that added less over its
-  start than the least its size costs (:meth:`BatchSizer.least`) reused the difference, and the
-  floor is that much under its start (read as a ratchet, the real model's batches fell to 1).
+  ratchet) does not, so it counts once, in the start, apart from the batch's own peak.
 - **a line**, a fixed cost plus a cost per item, fitted by least squares on the exact peaks
   over the floor of the last ``WINDOW`` batches. It is exact where the batches were (it goes
   through their mean), so batches of much the same size need no slope to be sized well. The
@@ -101,9 +97,6 @@ class BatchSizer:
         self._reach = 1.0
         # the line's error: (relative standard deviation, batches, mean size, sum of squares)
         self._error = (0.0, 1, 0.0, 0.0)
-        # the least a batch costs: (fixed, per item, the largest size fitted); see least()
-        self._least = (0.0, 0.0, 1)
-        self._reused: Optional[tuple[int, int]] = None  # (a start, the floor under it): learn()
         self._halve = False
         self._cheap = 0
         self._exact_max = 0  # the largest batch whose peak was measured exactly
@@ -124,7 +117,6 @@ class BatchSizer:
             return
         self.alone = alone
         self._starts.clear()
-        self._reused = None
         if self._peaks:
             size, used, _ = self._peaks[-1]
             self._peaks.clear()
@@ -150,31 +142,11 @@ class BatchSizer:
 
     def floor(self, rss: int) -> int:
         """What a batch starting at ``rss`` cannot reuse: ``rss`` less the largest drop seen
-        between recent starts (and no lower than the lowest of them), or less what the last
-        batch measured exactly was seen to reuse (see :meth:`learn`; memory that rose since is
-        in use); ``rss`` itself unless the loop is :attr:`alone`."""
-        if not self.alone:
-            return rss
-        floor = self._starts_floor(rss)
-        if self._reused is not None:
-            start, under = self._reused
-            floor = min(floor, under + max(0, rss - start))
-        return floor
-
-    def _starts_floor(self, rss: int) -> int:
-        if not self._starts or rss <= self._low:
+        between recent starts (and no lower than the lowest of them); ``rss`` itself unless the
+        loop is :attr:`alone`."""
+        if not self.alone or not self._starts or rss <= self._low:
             return rss
         return max(self._low, rss - max(0, self._swing, self._high - rss))
-
-    def least(self, size: int) -> float:
-        """The least a batch of ``size`` adds over the floor, as far as the fitted batches
-        show: the line without its noise times the smallest ratio to it, one standard error
-        lower (where it tells a fixed cost; else the line is all per item, which no cost with
-        a fixed part exceeds below its sizes); past the largest size fitted, the largest's
-        (a cost does not fall with the size). 0 until a cost is known."""
-        fixed, slope, largest = self._least
-        n = min(size, largest)
-        return (fixed + slope * n) * max(0.0, 1.0 - STEP_ERRORS * self._error_at(n))
 
     def predict(self, size: int) -> Optional[float]:
         """Bytes a batch of ``size`` is planned to peak at over the floor; None until known."""
@@ -197,8 +169,7 @@ class BatchSizer:
 
     def _fit(self) -> None:
         points = [(n, u) for n, u, first in self._peaks if not first]
-        warm = not points  # the first batch alone: its warm-up is no cost once others show one
-        if warm:
+        if not points:  # the first batch alone: its warm-up is no cost once others show one
             points = [(n, u) for n, u, _ in self._peaks]
         count = len(points)
         sn = su = snn = snu = 0.0
@@ -235,27 +206,24 @@ class BatchSizer:
                 swollen = 1.0 + FEW_EXCESS * (noise - 1.0)  # by cheap batches: see FEW_EXCESS
                 noise = max(noise, min(1.0 + FEW_DEVIATIONS * deviation, swollen))
         self._error = (deviation, count, mean_n, var)
-        self._least = (0.0, 0.0, 1) if warm else (fixed * ratios[0], slope * ratios[0], largest)
         median = (
             ratios[count // 2] if count % 2 else (ratios[count // 2 - 1] + ratios[count // 2]) / 2
         )
         self._reach = min(2.0, max(1.0, noise / max(median, 1e-9)))
         self._line = fixed * noise, slope * noise
 
-    def _error_at(self, size: int) -> float:
-        """The line's standard error at ``size``, relative (0 for exact peaks, and where all
-        of the cost counts per item: that line is no fit, see :meth:`_fit`)."""
-        deviation, count, mean_n, sxx = self._error
-        if deviation == 0.0 or not (self.alone and self._spread):
-            return 0.0
-        return deviation * math.sqrt(1 / count + (size - mean_n) ** 2 / sxx)
-
     def _upper(self, size: int) -> float:
         """The line at ``size`` raised by ``STEP_ERRORS`` of its standard error there: a line
         fitted on sizes close together, or on noisy peaks, is least sure past its end."""
         assert self._line is not None
         fixed, slope = self._line
-        return (fixed + slope * size) * (1.0 + STEP_ERRORS * self._error_at(size))
+        deviation, count, mean_n, sxx = self._error
+        if deviation == 0.0:
+            return fixed + slope * size
+        if sxx <= 0.0:
+            return math.inf
+        error = deviation * math.sqrt(1 / count + (size - mean_n) ** 2 / sxx)
+        return (fixed + slope * size) * (1.0 + STEP_ERRORS * error)
 
     def _step(self, room: float) -> int:
         """The largest size up to ``STEP`` past the largest measured whose :meth:`_upper` fits
@@ -354,17 +322,8 @@ class BatchSizer:
         near it unless the batch cost what was planned."""
         if seconds is not None:
             self.pace.learn(size, seconds)
-        planned = self.predict(size)
-        if size > 0 and exact and self.alone and self._measured >= SETTLE:
-            # A batch that added less over its start than the least it costs reused memory
-            # resident at its start. More than the starts' drops credit (an allocator that keeps
-            # a batch's buffers for good: the start rises once and later batches peak within it,
-            # as a ratchet's do not), the floor is that much under this start, and the batch's
-            # cost is read over it. Only on a settled line: early lines misread the least.
-            reused = int(self.least(size)) - (peak_rss - start_rss)
-            kept = reused > start_rss - self._starts_floor(start_rss)
-            self._reused = (start_rss, start_rss - reused) if kept else None
         used = max(0, peak_rss - self.floor(start_rss))
+        planned = self.predict(size)
         if size > 0 and exact:
             self._exact_max = max(self._exact_max, size)  # one that showed no cost counts too
             self._measured += 1
