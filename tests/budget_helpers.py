@@ -39,14 +39,6 @@ class Steady:
         return int(self.mb * MB)
 
 
-def frozen() -> float:
-    """A clock that does not move. A budget times its batches with its monitor's clock, and a
-    size class slower per item on one batch holds growth in it: over real work (a store's write)
-    on a loaded machine, the sizes a test asserts would follow the machine's moments. With this
-    clock they follow the injected readings alone."""
-    return 0.0
-
-
 def monitor_with(
     reader: object,
     limit: EffectiveLimit = HOST,

@@ -16,7 +16,7 @@ from typing import Any, Optional
 
 import numpy as np
 import pytest
-from budget_helpers import Steady, frozen, monitor_with
+from budget_helpers import Steady, monitor_with
 
 from zerorag_guard import get_monitor
 from zerorag_guard.integrations.vectorstores import guard_store, store_kind
@@ -194,7 +194,7 @@ def test_failed_chunk_leaves_the_chunks_before_it_and_resume_completes(
     case: Case, tmp_path: Path
 ) -> None:
     # Steady readings: the chunk sizes are the slow start's, whatever the real memory does.
-    monitor = monitor_with(Steady(100), clock=frozen)
+    monitor = monitor_with(Steady(100))
     raw, store, spy = _spied(case, tmp_path, batch_size=4000, monitor=monitor)
     spy.fail_on = 14  # slow start: 1, 2, 4, ..., 2048 (12 chunks), 4000, then the 14th fails
     with pytest.raises(StoreDown) as caught:
@@ -218,7 +218,7 @@ def test_failed_chunk_leaves_the_chunks_before_it_and_resume_completes(
 @pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
 def test_chunks_shrink_when_readings_approach_the_limit(case: Case, tmp_path: Path) -> None:
     reader = Steady(100)
-    monitor = monitor_with(reader, clock=frozen)
+    monitor = monitor_with(reader)
     raw, store, spy = _spied(case, tmp_path, limit_mb=500, batch_size=256, monitor=monitor)
     # Calls 10..15 see the job's memory near the limit; from 16 on it has room again.
     spy.before = lambda calls: setattr(reader, "mb", 470 if 10 <= calls < 16 else 100)
@@ -391,7 +391,7 @@ def test_a_single_chroma_metadata_mapping_for_many_ids_is_left_to_chroma(tmp_pat
 def test_a_write_starts_at_the_previous_writes_largest_batch(tmp_path: Path) -> None:
     # Against a persistent store each call has a fixed cost: the second write does not slow-start
     # again from one item.
-    monitor = monitor_with(Steady(100), clock=frozen)
+    monitor = monitor_with(Steady(100))
     raw, store, spy = _spied(CASES[0], tmp_path, batch_size=500, monitor=monitor)
     store.upsert(ids=IDS[:2000], embeddings=VECTORS[:2000])
     assert spy.sizes[:3] == [1, 2, 4] and max(spy.sizes) == 500
@@ -408,7 +408,7 @@ def test_no_write_starts_below_first_batch_size(tmp_path: Path) -> None:
         tmp_path,
         batch_size=500,
         first_batch_size=300,
-        monitor=monitor_with(Steady(100), clock=frozen),
+        monitor=monitor_with(Steady(100)),
     )
     store.upsert(ids=IDS[:2], embeddings=VECTORS[:2])
     store.upsert(ids=IDS[2:1000], embeddings=VECTORS[2:1000])

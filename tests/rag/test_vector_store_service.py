@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from budget_helpers import Steady, frozen, monitor_with
+from budget_helpers import Steady, monitor_with
 
 from zerorag_guard.rag.embedders import HashingEmbedder, SentenceTransformerEmbedder, make_embedder
 from zerorag_guard.rag.vector_store import VectorStoreService
@@ -90,7 +90,7 @@ def test_batches_shrink_when_readings_approach_the_limit(tmp_path: Path) -> None
     # Time stands still: the store's real write times (slower per item in a larger batch on a
     # loaded machine, which held a batch at 63 once in make test) teach no pace; the sizes
     # follow the readings alone.
-    monitor = monitor_with(reader, clock=frozen)
+    monitor = monitor_with(reader)
     service = VectorStoreService(
         str(tmp_path / "db"), limit_mb=500, batch_size=128, monitor=monitor
     )
@@ -119,7 +119,7 @@ def test_failed_batch_leaves_the_batches_before_it_and_resume_completes(
         backend=backend,
         embedder=embedder,
         batch_size=1000,
-        monitor=monitor_with(Steady(100), clock=frozen),
+        monitor=monitor_with(Steady(100)),
     )
     texts, ids = TEXTS[:5000], IDS[:5000]
     with pytest.raises(ConnectionError) as caught:
