@@ -4,15 +4,16 @@ Time counts too, within what memory allows: a batch's items may cost more each i
 batch (an embedding model pads every text of a call to its longest, so a call of 32 is slower
 per text than four of 8). Each finished batch's seconds per item are kept by size class (sizes
 1, 2-3, 4-7, 8-15, ...); a class's pace is the faster of its last two batches. A class slower
-per item than the fastest by more than ``PACE_SLACK`` on both is not grown into, nor is one
-whose one batch took ``PACE_SURE`` times as long per item as the fastest or more. Once in
+per item than the fastest by more than ``PACE_SLACK`` on both is not grown into. Once in
 ``PACE_RETRY`` batches a slower class is tried again at its smallest size, and one batch as
-fast as the rest lifts the cap, so a slow reading does not cap a loop for good. One batch of
-the largest class tried that was slower by less holds growth in that class until the next
-batch tells (slow start would otherwise have doubled twice past it before the pace could: the
-real model's batches of 32-45 cost 10-17% more per text than batches of 8, and a job of 150
-passages spent 135 of them there). Batches shorter than ``PACE_MIN_SECONDS`` teach no pace
-(their time is the loop's own overhead and the clock's noise).
+fast as the rest lifts the cap, so slow readings do not cap a loop for good. One slower batch
+of the largest class tried holds growth in that class until the next batch tells (slow start
+would otherwise have doubled twice past it before the pace could: the real model's batches of
+32-45 cost 10-17% more per text than batches of 8, and a job of 150 passages spent 135 of them
+there). One batch never caps below its class: on a loaded machine one batch of the real model
+took 1.4 times as long per passage as the one before, at the same cost. Batches shorter than
+``PACE_MIN_SECONDS`` teach no pace (their time is the loop's own overhead and the clock's
+noise).
 """
 
 from __future__ import annotations
@@ -22,10 +23,6 @@ from typing import Optional
 
 #: A size class this much slower per item than the fastest is not grown into...
 PACE_SLACK = 1.1
-#: ... at once when one batch showed it this much slower (the real model's batches of 32 took
-#: 1.5 to 1.7 times as long per text as batches of 8 to 16 in some runs). Noise can do it too
-#: (two batches of 31 in a row took 48.5 and 37.1 ms a text): a wrong cap lasts to the retry.
-PACE_SURE = 1.3
 #: ... except one batch in this many, which measures it again.
 PACE_RETRY = 16
 #: Batches quicker than this teach no pace.
@@ -53,8 +50,8 @@ class Pace:
     def cap(self) -> Optional[int]:
         """The largest size below the smallest slower class (see the module's doc), or, every
         ``PACE_RETRY``-th batch, that class's smallest size; else, when the largest class tried
-        was slower by less than ``PACE_SURE`` on its one batch, the largest size of that class
-        (grow no further until a second batch tells); None when no class is slower.
+        was slower on its one batch, the largest size of that class (grow no further until a
+        second batch tells); None when no class is slower.
 
         One batch proves little: against a persistent store, a write of 1 item took 50 ms and
         one of 2 took 120 ms once; read as a pace, it held 20,000 items to batches of one."""
@@ -66,9 +63,7 @@ class Pace:
         slow = [
             c
             for c, pace in paces.items()
-            if c > fastest
-            and pace > PACE_SLACK * best
-            and (len(self._classes[c]) > 1 or pace >= PACE_SURE * best)
+            if c > fastest and len(self._classes[c]) > 1 and pace > PACE_SLACK * best
         ]
         if slow:
             first = min(slow)
