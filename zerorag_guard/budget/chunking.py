@@ -15,6 +15,7 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
+from ..monitor.scheduling import FUTILE_BYTES
 from .scope import ALONE, MAX_POLLS, Scope
 from .sizing import NEAR_LIMIT, SAFETY, BatchSizer
 
@@ -113,6 +114,8 @@ class _Loop:
             # rather than letting batches collapse to min_batch_size.
             budget._cleanup("aggressive")
             reading = scope.read()
+        if any(c.freed_bytes >= FUTILE_BYTES for c in budget.cleanups[done:]):
+            sizer.released()  # what the allocator kept is gone: no batch reuses it now
         if monitor.under_pressure:
             sizer.hold_back()  # the kernel is already reclaiming hard: before any limit is hit
         reading, self.limit = scope.reserve(sizer, reading, ceiling, self.polls)

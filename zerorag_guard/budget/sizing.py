@@ -123,6 +123,15 @@ class BatchSizer:
             self._peaks.append((size, used, False))
             self._fit()
 
+    def released(self) -> None:
+        """Memory went back to the system between batches (a cleanup trimmed what the allocator
+        kept): the starts before it no longer tell what a batch can reuse, and the drop across
+        the cleanup is none a batch reuses. The floor learns again from the next start. (The
+        drop read as reusable put the real model's next batch 63 MB lower than it started, and
+        its peak 20 MB over the ceiling.)"""
+        self._starts.clear()
+        self._low = self._high = self._swing = 0
+
     # -- the cost model
     @property
     def cost_per_item(self) -> Optional[float]:
