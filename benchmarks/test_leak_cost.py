@@ -22,10 +22,13 @@ def one_ms_function() -> None:
         pass
 
 
-def threads_alive() -> str:
-    """The process's threads: Python's by name, and how many the kernel counts."""
+def process_state() -> str:
+    """What else moves this process's RSS: its threads (Python's by name, and how many the kernel
+    counts) and its transparent huge pages (khugepaged collapses them in the background)."""
     names = sorted(t.name for t in threading.enumerate())
-    return f"threads: {len(os.listdir('/proc/self/task'))} in the kernel; Python's: {names}"
+    with open("/proc/self/smaps_rollup") as f:
+        huge = [line.strip() for line in f if line.startswith("AnonHugePages")]
+    return f"threads: {len(os.listdir('/proc/self/task'))} in the kernel, Python's {names}; {huge}"
 
 
 def summary_tracker_baseline(calls: int) -> float:
@@ -43,8 +46,8 @@ def test_leak_profiler_cost_against_summary_tracker(benchmark: Any) -> None:
     profiler = LeakProfiler(warmup=WARMUP, iterations=ITERATIONS)
     report = benchmark.pedantic(profiler.check, args=(one_ms_function,), rounds=3, iterations=1)
     # A false "native" verdict (RSS alone rising) showed in about 3 of 10 smoke passes after the
-    # other benchmarks, never alone: RSS is the whole process's, so say what else was running.
-    assert not report.leaking, f"{report.format()}\n{threads_alive()}"
+    # other benchmarks, never alone: RSS is the whole process's, so say what else moved it.
+    assert not report.leaking, f"{report.format()}\n{process_state()}"
     if benchmark.disabled:  # the smoke pass of `make test`: one check ran, nothing to compare
         return
     baseline = min(summary_tracker_baseline(profiler.total_steps) for _ in range(2))
