@@ -235,6 +235,21 @@ def test_the_floor_is_never_above_the_memory_in_use() -> None:
     assert sizer.floor(140 * MB) == 110 * MB
 
 
+def test_a_cleanup_that_gave_memory_back_leaves_no_drop_to_reuse() -> None:
+    # Starts rose from 100 MB (before a first call kept 150 MB) to 470 MB (what the allocator
+    # kept), then a cleanup trimmed 220 MB. Read as a drop between starts, that memory would be
+    # reused by the next batch; it went back to the system, and the next batch faults it again
+    # (the real model at 250 MB over it: a batch of 21 after 11, 6 MB over the ceiling).
+    sizer = BatchSizer(1000)
+    for start in (100, 253, 300, 350, 420, 470):
+        sizer.learn(4, start * MB, (start + 8) * MB, 500 * MB)
+    assert sizer.floor(250 * MB) == 100 * MB
+    sizer.released()
+    assert sizer.floor(250 * MB) == 250 * MB
+    sizer.learn(4, 250 * MB, 258 * MB, 500 * MB)  # the floor learns again from there
+    assert sizer.floor(250 * MB) == 250 * MB
+
+
 def test_memory_that_stays_is_counted_once_in_the_start() -> None:
     # A store's index grows 4 MB a batch and never comes back down: it is in every start, not
     # in the batches' cost, and batches shrink as it eats the headroom.
