@@ -126,9 +126,9 @@ class BatchSizer:
     def released(self) -> None:
         """Memory went back to the system between batches (a cleanup trimmed what the allocator
         kept): the starts before it no longer tell what a batch can reuse, and the drop across
-        the cleanup is none a batch reuses. The floor learns again from the next start. (The
-        drop read as reusable put the real model's next batch 63 MB lower than it started, and
-        its peak 20 MB over the ceiling.)"""
+        the cleanup is none a batch reuses. The floor learns again from the next start. (Read
+        as reusable, trims of 63 and 85 MB let the real model's next batch double into room that
+        was not there: 6 and 20 MB over the ceiling.)"""
         self._starts.clear()
         self._low = self._high = self._swing = 0
 
