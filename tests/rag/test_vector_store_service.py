@@ -87,9 +87,9 @@ def test_generators_are_streamed_and_ids_made_when_missing(tmp_path: Path) -> No
 
 def test_batches_shrink_when_readings_approach_the_limit(tmp_path: Path) -> None:
     reader = Steady(100)
-    # Time stands still: the store's real write times (slower per item in a larger batch on a
-    # loaded machine, which held a batch at 63 once in make test) teach no pace; the sizes
-    # follow the readings alone.
+    # The store's real write times (slower per item in a larger batch on a loaded machine,
+    # which held a batch at 63 once in make test) teach no pace here (the module runs with
+    # no_pace): the sizes follow the readings alone.
     monitor = monitor_with(reader)
     service = VectorStoreService(
         str(tmp_path / "db"), limit_mb=500, batch_size=128, monitor=monitor

@@ -11,9 +11,9 @@ of the largest class tried holds growth in that class until the next batch tells
 would otherwise have doubled twice past it before the pace could: the real model's batches of
 32-45 cost 10-17% more per text than batches of 8, and a job of 150 passages spent 135 of them
 there). One batch never caps below its class: on a loaded machine one batch of the real model
-took 1.4 times as long per passage as the one before, at the same cost. Batches shorter than
-``PACE_MIN_SECONDS`` teach no pace (their time is the loop's own overhead and the clock's
-noise).
+took 1.4 times as long per passage as the one before it, and the next ones were not slower.
+Batches shorter than ``PACE_MIN_SECONDS`` teach no pace (their time is the loop's own overhead
+and the clock's noise).
 """
 
 from __future__ import annotations
