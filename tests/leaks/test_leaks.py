@@ -191,6 +191,32 @@ def test_rss_that_rises_in_some_rounds_only_is_no_leak() -> None:
     assert _native_report(every_round, flat_heap).source == "native"
 
 
+def test_rss_is_read_in_rounds_without_a_census(monkeypatch: pytest.MonkeyPatch) -> None:
+    # With 464,000 live objects (torch, chromadb, sentence-transformers imported), each census left
+    # Python's allocator holding another arena of a megabyte in 7 rounds of 10: a native "leak"
+    # of a function that keeps nothing when RSS was read in the census's rounds. Here every
+    # census keeps 1 MB for good; RSS must not see it grow.
+    arenas = [0]
+    census = LeakProfiler._census
+
+    def census_that_keeps_an_arena(self: LeakProfiler) -> dict[str, tuple[int, int]]:
+        arenas[0] += 1024 * KB
+        return census(self)
+
+    monkeypatch.setattr(LeakProfiler, "_census", census_that_keeps_an_arena)
+    profiler = LeakProfiler(
+        warmup=3,
+        iterations=10,
+        rss_reader=lambda: 50_000 * KB + arenas[0],
+        heap_reader=lambda: 10_000 * KB,
+    )
+    report = profiler.check(lambda: None)
+    assert arenas[0] == 14 * 1024 * KB  # the census ran: one before, 2 in the warm-up, 11 measured
+    assert report.rss is not None and report.rss.series == [50_000 * KB + arenas[0]] * 11
+    assert not report.leaking, report.format()
+    assert profiler.total_steps == 3 + 3 * 10 + 1
+
+
 # -- the non-leaking side -----------------------------------------------------------------------
 @functools.lru_cache(maxsize=1024)
 def _square(n: int) -> int:

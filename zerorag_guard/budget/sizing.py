@@ -24,7 +24,9 @@ for 8 texts as for 32, and its memory swings by about 100 MB whatever the size):
   over the floor of the last ``WINDOW`` batches. It is exact where the batches were (it goes
   through their mean), so batches of much the same size need no slope to be sized well. The
   loop's first batch, which also pays what a first call pays once (thread pools, kernels), is
-  left out once later batches show a cost.
+  left out once later batches show a cost. The costliest batch since memory was last given
+  back stays in the fit past the window: the batches after it reuse what it faulted, and
+  alone they would teach a cost near nothing.
 - **the noise**: the largest ratio of a batch's peak to the line, over the same batches. A
   batch is planned at the line times that ratio: the worst seen. A few draws rarely hold the
   worst: while fewer than ``FEW`` batches are fitted on sizes that tell a fixed cost, the ratio is
@@ -91,6 +93,7 @@ class BatchSizer:
         self._low = self._high = self._swing = 0  # lowest and highest start, largest drop
         # (size, bytes over the floor at the peak, whether it was the loop's first batch)
         self._peaks: collections.deque[tuple[int, int, bool]] = collections.deque(maxlen=WINDOW)
+        self._costliest: Optional[tuple[int, int, bool]] = None  # see _fit
         self._line: Optional[tuple[float, float]] = None  # (fixed, per item), noise included
         self._measured = 0  # batches measured exactly
         self._spread = False  # whether the sizes seen tell a fixed cost from one per item
@@ -117,6 +120,7 @@ class BatchSizer:
             return
         self.alone = alone
         self._starts.clear()
+        self._costliest = None
         if self._peaks:
             size, used, _ = self._peaks[-1]
             self._peaks.clear()
@@ -128,9 +132,12 @@ class BatchSizer:
         kept): the starts before it no longer tell what a batch can reuse, and the drop across
         the cleanup is none a batch reuses. The floor learns again from the next start. (Read
         as reusable, trims of 63 and 85 MB let the real model's next batch double into room that
-        was not there: 6 and 20 MB over the ceiling.)"""
+        was not there: 6 and 20 MB over the ceiling.) The costliest batch is forgotten too (see
+        :meth:`_fit`): what it faulted, the allocator no longer keeps, and the batches after the
+        trim fault again what they need, and show it."""
         self._starts.clear()
         self._low = self._high = self._swing = 0
+        self._costliest = None
 
     # -- the cost model
     @property
@@ -178,6 +185,14 @@ class BatchSizer:
 
     def _fit(self) -> None:
         points = [(n, u) for n, u, first in self._peaks if not first]
+        if self._costliest is not None and self._costliest not in self._peaks:
+            # The costliest batch since memory was last given back (released) stays when the
+            # window has moved past it. The allocator keeps what it faulted, and the batches
+            # after it reuse that and add next to nothing: read alone, they fall to no cost, and
+            # the next batch that outgrows what the allocator kept pays for the rest at once
+            # (the real model, 300 passages at 250 MB: a line fallen to 0.2 MB a passage, then a
+            # batch of 16 planned to peak at 704.5 MB peaked at 769.7, over 748.5).
+            points.append(self._costliest[:2])
         if not points:  # the first batch alone: its warm-up is no cost once others show one
             points = [(n, u) for n, u, _ in self._peaks]
         count = len(points)
@@ -337,7 +352,10 @@ class BatchSizer:
             self._exact_max = max(self._exact_max, size)  # one that showed no cost counts too
             self._measured += 1
             if used > 0:  # nothing seen is no cost learned: the items may have reused free memory
-                self._peaks.append((size, used, not self._peaks and not self._starts))
+                point = (size, used, not self._peaks and not self._starts)
+                self._peaks.append(point)
+                if not point[2] and (self._costliest is None or used >= self._costliest[1]):
+                    self._costliest = point
                 self._fit()
         self._starts.append(start_rss)
         high = swing = 0  # the largest drop from a start to a later one

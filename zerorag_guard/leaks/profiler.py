@@ -2,24 +2,28 @@
 
 :class:`LeakProfiler` runs a function (or a ``with`` block whose loop calls
 :meth:`~LeakProfiler.step`) for warm-up rounds, so caches and free lists settle, then measures
-it in two passes of ``iterations`` rounds each, with a full garbage collection before every
+it in three passes of ``iterations`` rounds each, with a full garbage collection before every
 measurement:
 
-1. untraced: the bytes ``malloc`` holds (glibc's ``mallinfo2``, where there is one), RSS (after
-   ``malloc_trim(0)``, so freed heap pages do not hide or fake growth; on Linux without the
-   pages of mapped files: :func:`~zerorag_guard.memory.probes.anonymous_bytes`) and
-   a census of live objects by type, in pympler's summary rows (type name, count, size);
-2. under tracemalloc: the traced bytes still alive, grouped by allocation traceback.
+1. untraced, the census: live objects by type, in pympler's summary rows (type name, count,
+   size);
+2. untraced, memory outside Python: the bytes ``malloc`` holds (glibc's ``mallinfo2``, where there
+   is one) and RSS (after ``malloc_trim(0)``, so freed heap pages do not hide or fake growth; on
+   Linux without the pages of mapped files:
+   :func:`~zerorag_guard.memory.probes.anonymous_bytes`);
+3. under tracemalloc: the traced bytes still alive, grouped by allocation traceback.
 
 Each figure gets a slope per iteration over its rounds (least squares for Python's figures, the
 median slope for RSS and the C heap, which move in steps), with R² and the share of rounds that
 rose. The census runs untraced because tracemalloc multiplies the cost of every
 allocation by about ten and a census allocates per object (measured: 0.04 s untraced against
-0.4 s traced for 190,000 objects); RSS is read untraced too, so tracemalloc's own tables never
-count as growth. Only consistent growth is a leak: a slope at or over the threshold, a good fit
-and growth in at least half the rounds, seen by the census *and* by tracemalloc (or, for memory
-that Python cannot see, by the C heap or, rising in 8 rounds of 10, by RSS: ``source ==
-"native"``).
+0.4 s traced for 190,000 objects). RSS is read in rounds of its own: tracemalloc's tables would
+count as growth, and so would the census's, which leaves Python's allocator holding arenas of a
+megabyte (measured with 464,000 live objects: RSS up in 1 MB steps in 7 rounds of 10 with a
+census in every round, flat in every round without one). Only consistent growth is a leak: a
+slope at or over the threshold, a good fit and growth in at least half the rounds, seen by the
+census *and* by tracemalloc (or, for memory that Python cannot see, by the C heap or, rising in
+8 rounds of 10, by RSS: ``source == "native"``).
 
 RSS alone can miss native growth: a ``malloc`` served from heap pages that are already resident
 (free heap the allocator cannot trim, a transparent huge page) adds nothing to it. The bytes in use
@@ -81,8 +85,9 @@ class LeakProfiler:
     """Finds memory that grows per iteration: ``LeakProfiler().check(fn)`` → :class:`LeakReport`.
 
     As a context manager, call :meth:`step` at the end of every iteration of the loop; the steps
-    are scheduled like :meth:`check`'s calls (``warmup``, then ``iterations`` untraced, then one
-    settling and ``iterations`` traced steps; later steps are counted and not measured)::
+    are scheduled like :meth:`check`'s calls (``warmup``, then ``iterations`` steps of census,
+    ``iterations`` of RSS and C heap, one settling and ``iterations`` traced steps; later steps are
+    counted and not measured)::
 
         with LeakProfiler() as lp:
             for batch in batches:
@@ -139,8 +144,8 @@ class LeakProfiler:
 
     @property
     def total_steps(self) -> int:
-        """Calls (or :meth:`step` calls) a full profile takes: ``warmup + 2 * iterations + 1``."""
-        return self.warmup + 2 * self.iterations + 1
+        """Calls (or :meth:`step` calls) a full profile takes: ``warmup + 3 * iterations + 1``."""
+        return self.warmup + 3 * self.iterations + 1
 
     def _reset(self) -> None:
         # Every buffer that lives across the census is allocated here at its final size, and
@@ -190,12 +195,11 @@ class LeakProfiler:
         self._probe = (
             MemoryProbe(reader) if reader is not None else MemoryProbe(use_kernel_peak=False)
         )
-        # The census warms up like the function: its first runs leave Python's allocator with
-        # arenas it cannot give back, which would read as RSS growth in the first measured
-        # rounds. One census here and one after every warm-up round, all thrown away.
+        # The census warms up like the function: its first runs create what later ones reuse.
+        # One census here and one after every warm-up round, all thrown away.
         self._census()
         if self.warmup == 0:
-            self._measure_untraced(0)
+            self._measure_objects(0)
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -211,15 +215,21 @@ class LeakProfiler:
             raise RuntimeError("LeakProfiler.step() called outside its `with` block")
         self._steps += 1
         k, w, n = self._steps, self.warmup, self.iterations
+        # Round n of the census and round 0 of RSS share a step: RSS is read after that census,
+        # and no census runs between its rounds.
         if k < w:
             self._census()  # the profiler warms up too: see __enter__
-        elif w <= k <= w + n:
-            self._measure_untraced(k - w)
+        elif k <= w + n:
+            self._measure_objects(k - w)
             if k == w + n:
+                self._measure_outside_python(0)
+        elif k <= w + 2 * n:
+            self._measure_outside_python(k - w - n)
+            if k == w + 2 * n:
                 self._start_tracing()
-        elif w + n + 1 <= k <= w + 2 * n + 1:
-            self._measure_traced(k - w - n - 1)
-            if k == w + 2 * n + 1:
+        elif k <= w + 3 * n + 1:
+            self._measure_traced(k - w - 2 * n - 1)
+            if k == w + 3 * n + 1:
                 self._stop_tracing()
 
     def report(self) -> LeakReport:
@@ -229,7 +239,19 @@ class LeakProfiler:
         return self._report
 
     # -- measurements --------------------------------------------------------------------------
-    def _measure_untraced(self, i: int) -> None:
+    def _measure_objects(self, i: int) -> None:
+        gc.collect()
+        total = 0
+        for name, (count, size) in self._census().items():
+            row = self._types.get(name)
+            if row is None:
+                row = self._types[name] = array.array("d", bytes(16 * (self.iterations + 1)))
+            row[2 * i] = count
+            row[2 * i + 1] = size
+            total += size
+        self._objects[i] = total
+
+    def _measure_outside_python(self, i: int) -> None:
         gc.collect()
         if cleanup._malloc_trim is not None:
             cleanup._malloc_trim(0)  # hand freed heap pages back so RSS shows live memory only
@@ -240,15 +262,6 @@ class LeakProfiler:
             self._heap_seen = False
         else:
             self._heap[i] = heap
-        total = 0
-        for name, (count, size) in self._census().items():
-            row = self._types.get(name)
-            if row is None:
-                row = self._types[name] = array.array("d", bytes(16 * (self.iterations + 1)))
-            row[2 * i] = count
-            row[2 * i + 1] = size
-            total += size
-        self._objects[i] = total
 
     def _own_ids(self) -> set[int]:
         own = {
@@ -338,14 +351,15 @@ class LeakProfiler:
 
     def _build_report(self) -> LeakReport:
         w, n = self.warmup, self.iterations
-        untraced_rounds = max(0, min(self._steps - w + 1, n + 1))
-        rss = fit_series(self._rss[:untraced_rounds], robust=True) if untraced_rounds >= 2 else None
+        census_rounds = max(0, min(self._steps - w + 1, n + 1))
+        outside_rounds = max(0, min(self._steps - w - n + 1, n + 1))
+        rss = fit_series(self._rss[:outside_rounds], robust=True) if outside_rounds >= 2 else None
         heap = (
-            fit_series(self._heap[:untraced_rounds], robust=True)
-            if untraced_rounds >= 2 and self._heap_seen
+            fit_series(self._heap[:outside_rounds], robust=True)
+            if outside_rounds >= 2 and self._heap_seen
             else None
         )
-        objects = fit_series(self._objects[:untraced_rounds]) if untraced_rounds >= 2 else None
+        objects = fit_series(self._objects[:census_rounds]) if census_rounds >= 2 else None
         traced = fit_series(self._traced[: len(self._sites)]) if len(self._sites) >= 2 else None
         if traced is None:
             python = consistent(objects, self.threshold_bytes)
@@ -371,7 +385,7 @@ class LeakProfiler:
         return LeakReport(
             leaking=python or native,
             growth_bytes_per_iteration=growth,
-            top_types=growing_types(self._types, untraced_rounds, self._floor, self.top),
+            top_types=growing_types(self._types, census_rounds, self._floor, self.top),
             top_sites=growing_sites(self._sites, self._floor, self.top, _OWN_FILES),
             source="python" if python else "native" if native else None,
             traced=traced,

@@ -162,8 +162,8 @@ class LeakReport:
             )
         out = [
             head,
-            f"  after {self.warmup} warm-up rounds, {self.iterations} measured rounds "
-            "untraced and as many under tracemalloc",
+            f"  after {self.warmup} warm-up rounds, {self.iterations} measured rounds each of "
+            "the census, RSS and tracemalloc",
         ]
         for label, fit in (
             ("tracemalloc", self.traced),

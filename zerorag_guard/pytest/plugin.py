@@ -58,7 +58,7 @@ def no_leaks_marker(
     iterations: int = 10, warmup: int = 3, max_growth_kb: Any = 1
 ) -> dict[str, Any]:
     """no_leaks(iterations=10, warmup=3, max_growth_kb=1): run the test body warmup +
-    2 x iterations + 1 times under zerorag_guard's LeakProfiler and fail with its report when
+    3 x iterations + 1 times under zerorag_guard's LeakProfiler and fail with its report when
     memory grows by max_growth_kb or more per iteration, consistently."""
     mb = parse_size_mb(max_growth_kb, "max_growth_kb", "KB per iteration, e.g. 1 or '4 KB'")
     if isinstance(max_growth_kb, (int, float)):
