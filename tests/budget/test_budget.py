@@ -517,6 +517,30 @@ def test_a_first_batch_that_warms_up_triggers_no_aggressive_cleanup() -> None:
     assert max(budget.batch_sizes) == 50 and budget.processed == 500
 
 
+def test_a_cleanup_the_monitor_ran_between_batches_starts_the_floor_again(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Far under the ceiling the budget runs no cleanup of its own; the monitor's (its sampler's,
+    # at its levels) between two batches gives back 40 MB that glibc kept, twice: the loop's
+    # sizer learns its floor again each time, as after its own. One that gave nothing back: not.
+    reader = ItemCost(base_mb=100, cost_mb=1)
+    monkeypatch.setattr(cleanup_module, "_malloc_trim", lambda pad: setattr(reader, "base", 100))
+    monitor = monitor_with(reader)
+    released: list[int] = []
+    monkeypatch.setattr(BatchSizer, "released", lambda sizer: released.append(1))
+    with memory_budget(1000, batch_size=8, monitor=monitor) as budget:
+        for i, batch in enumerate(budget.chunks(range(80))):
+            reader.live = len(batch)
+            monitor.probe.note(reader())
+            reader.live = 0
+            if i in (3, 6, 8):
+                reader.base = 100 if i == 8 else 140  # 140: what the allocator kept
+                result = monitor.cleanup("aggressive")
+                assert result is not None and result.freed_bytes == (0 if i == 8 else 40 * MB)
+    assert budget.cleanups == [] and budget.processed == 80
+    assert len(released) == 2 and monitor.gave_back == 2
+
+
 @pytest.mark.parametrize("cache_mb", [0, 40])
 def test_a_cleanup_that_gave_memory_back_starts_the_floor_again(
     monkeypatch: pytest.MonkeyPatch, cache_mb: float

@@ -15,7 +15,6 @@ import logging
 from collections.abc import AsyncIterable, AsyncIterator, Iterable, Iterator
 from typing import TYPE_CHECKING, Any, Optional, TypeVar, Union
 
-from ..monitor.scheduling import FUTILE_BYTES
 from .scope import ALONE, MAX_POLLS, Scope
 from .sizing import NEAR_LIMIT, SAFETY, BatchSizer
 
@@ -50,6 +49,7 @@ class _Loop:
         self.done = 0  # items of this loop done, skipped ones included
         self._handed = 0.0  # when the batch was handed out: its time teaches the sizer's pace
         self._clock = budget.monitor.clock
+        self._gave_back = budget.monitor.gave_back  # see plan()
         self._ended = False
         if first is not None:
             self.sizer.start_at(first)
@@ -114,8 +114,11 @@ class _Loop:
             # rather than letting batches collapse to min_batch_size.
             budget._cleanup("aggressive")
             reading = scope.read()
-        if any(c.freed_bytes >= FUTILE_BYTES for c in budget.cleanups[done:]):
-            sizer.released()  # what the allocator kept is gone: no batch reuses it now
+        if monitor.gave_back != self._gave_back:
+            # A cleanup since the last batch gave memory back, this loop's or the monitor's own
+            # (its sampler's, at its levels): what the allocator kept is gone, no batch reuses it.
+            self._gave_back = monitor.gave_back
+            sizer.released()
         if monitor.under_pressure:
             sizer.hold_back()  # the kernel is already reclaiming hard: before any limit is hit
         reading, self.limit = scope.reserve(sizer, reading, ceiling, self.polls)

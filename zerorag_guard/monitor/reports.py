@@ -52,6 +52,13 @@ class Reports:
 
         alert: Callable[..., Alert]  # MemoryMonitor.alert: its signature lives there only
 
+    @property
+    def gave_back(self) -> int:
+        """Cleanups so far, of any kind and from anywhere (the sampler's, a budget's, a call to
+        :meth:`cleanup`), that gave back 1 MB or more: memory the allocator kept is gone, and no
+        batch reuses it (a budget's loop learns its floor again after one)."""
+        return self._cleanups.gave_back
+
     # -- operation statistics
     def record_operation(
         self, name: str, seconds: float, peak_mb: float = 0.0, error: bool = False

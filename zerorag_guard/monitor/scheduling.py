@@ -43,6 +43,8 @@ class CleanupScheduler:
         self._lock = threading.Lock()
         self.counts = dict.fromkeys(STRATEGIES, 0)
         self.freed_bytes = dict.fromkeys(STRATEGIES, 0)
+        #: Cleanups that gave back ``FUTILE_BYTES`` or more: see MemoryMonitor.gave_back.
+        self.gave_back = 0
         self.last_result: Optional[CleanupResult] = None
         #: (time, RSS MB) right after each standard or aggressive cleanup: the leak trend's input.
         self.after_cleanup: collections.deque[tuple[float, float]] = collections.deque(maxlen=50)
@@ -58,7 +60,9 @@ class CleanupScheduler:
         with self._lock:
             self.counts[strategy] += 1
             self.freed_bytes[strategy] += result.freed_bytes
-            futile = strategy != "light" and result.freed_bytes < FUTILE_BYTES
+            gave_back = result.freed_bytes >= FUTILE_BYTES
+            self.gave_back += gave_back
+            futile = strategy != "light" and not gave_back
             self._futile[strategy] = (
                 min(self._futile[strategy] + 1, BACKOFF_DOUBLINGS) if futile else 0
             )
