@@ -140,6 +140,14 @@ class Workload:
         room = SAFETY * (self.limit - base) - 1.3 * self.fixed
         return self.target if self.item == 0 else int(room / (1.3 * self.item))
 
+    def holds_a_noisy_run(self) -> bool:
+        """What a noisy run assumes (the test and ``tools/sizer_noise.py``): a batch of 4 fits to
+        the end of the run, and one item fits at all."""
+        return (
+            self.fits(self.start + NOISY_BATCHES * self.ratchet) >= 4
+            and self.start + self.warmup + 1.3 * (self.fixed + self.item) < self.limit
+        )
+
 
 @dataclasses.dataclass
 class Batch:
@@ -407,8 +415,7 @@ def test_noisy_workloads_keep_the_ceiling_and_reach_the_size_that_fits(
 ) -> None:
     # A fixed cost, a cost per item, noise of +-30% on every batch (drawn independently), a
     # warm-up on the first batch, memory that stays (a ratchet) and memory the allocator keeps.
-    assume(w.fits(w.start + NOISY_BATCHES * w.ratchet) >= 4)
-    assume(w.start + w.warmup + 1.3 * (w.fixed + w.item) < w.limit)
+    assume(w.holds_a_noisy_run())
     rng = random.Random(seed)
     noise = [rng.uniform(0.7, 1.3) for _ in range(NOISY_BATCHES)]
     kept = [rng.uniform(0, 1) for _ in range(NOISY_BATCHES)]
