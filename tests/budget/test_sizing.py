@@ -395,7 +395,7 @@ NOISY_BATCHES = 100
 
 # Derandomized: the same 150 workloads on every run and every machine, so the suite cannot fail
 # on one rare draw. Draws outside them are measured by tools/sizer_noise.py instead (figures on
-# the budgets page: 23 batches over the ceiling in 2.4 million).
+# the budgets page: 21 batches over the ceiling in 2.4 million).
 @settings(max_examples=150, deadline=None, derandomize=True)
 @given(
     w=st.builds(
