@@ -29,6 +29,24 @@ class Trace:
         self.readings = self.readings[: self.calls] + [int(r * MB) for r in readings_mb]
 
 
+class ItemCost:
+    """An RSS reader for a loop where each item of a batch costs ``cost_mb`` until batch end:
+    ``base_mb`` plus ``cost_mb`` for each live item."""
+
+    def __init__(self, base_mb: float, cost_mb: float) -> None:
+        self.base, self.cost, self.live = base_mb, cost_mb, 0
+
+    def __call__(self) -> int:
+        return int((self.base + self.live * self.cost) * MB)
+
+    def peak(self, probe: MemoryProbe, size: int, extra_mb: float = 0.0) -> None:
+        """A batch of ``size`` items at its peak (``extra_mb`` more, once), noted on ``probe``;
+        its items are freed after."""
+        self.live = size
+        probe.note(self() + int(extra_mb * MB))
+        self.live = 0
+
+
 class Steady:
     """An RSS reader whose value the test sets directly."""
 

@@ -1,6 +1,5 @@
-"""Group readings a test sets (a fake cgroup, tree, host and PSI, with a ledger), an RSS that
-follows a batch's live items, and a busy v2 group over a fake tree: for scope, pressure and
-exporter tests."""
+"""Group readings a test sets (a fake cgroup, tree, host and PSI, with a ledger) and a busy v2
+group over a fake tree: for scope, pressure and exporter tests."""
 
 from __future__ import annotations
 
@@ -13,16 +12,6 @@ from zerorag_guard.memory.cgroups import Cgroup, GroupPeak
 from zerorag_guard.memory.group import GroupReader
 from zerorag_guard.memory.ledger import Ledger
 from zerorag_guard.memory.probes import MB
-
-
-class ItemCost:
-    """This process's RSS: ``base_mb`` plus ``cost_mb`` for each live item of a batch."""
-
-    def __init__(self, base_mb: float, cost_mb: float) -> None:
-        self.base, self.cost, self.live = base_mb, cost_mb, 0
-
-    def __call__(self) -> int:
-        return int((self.base + self.live * self.cost) * MB)
 
 
 class FakeGroup:

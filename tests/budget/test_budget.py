@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from budget_helpers import Steady, Trace, monitor_with
+from budget_helpers import ItemCost, Steady, Trace, monitor_with
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -189,26 +189,12 @@ def test_batch_size_is_the_cap_unless_a_max_batch_size_allows_more() -> None:
     assert budget.batch_sizes[:8] == [1, 2, 4, 8, 16, 32, 64, 64]
 
 
-class ItemCost:
-    """An RSS reader for a loop where each item of a batch costs ``cost_mb`` until batch end."""
-
-    def __init__(self, base_mb: float, cost_mb: float) -> None:
-        self.base = base_mb
-        self.cost = cost_mb
-        self.live = 0
-
-    def __call__(self) -> int:
-        return int((self.base + self.live * self.cost) * MB)
-
-
 def test_batches_shrink_to_fit_the_headroom() -> None:
     reader = ItemCost(base_mb=100, cost_mb=2)
     monitor = monitor_with(reader)
     with memory_budget(300, batch_size=500, monitor=monitor) as budget:
         for batch in budget.chunks(range(2000)):
-            reader.live = len(batch)  # the batch's items are alive at its peak
-            budget.monitor.probe.note(reader())
-            reader.live = 0
+            reader.peak(budget.monitor.probe, len(batch))
     # 200 MB of headroom at 2 MB an item: the sizer plans at most 80% of it, 80 items.
     assert max(budget.batch_sizes) <= 80
     assert budget.batch_sizes[-2] >= 60
@@ -490,9 +476,7 @@ def test_a_headroom_too_tight_for_a_batch_triggers_an_aggressive_cleanup(
     monitor = monitor_with(reader)
     with memory_budget(300, batch_size=50, monitor=monitor) as budget:
         for i, batch in enumerate(budget.chunks(range(2000))):
-            reader.live = len(batch)
-            monitor.probe.note(reader())
-            reader.live = 0
+            reader.peak(monitor.probe, len(batch))
             if i == 8:
                 reader.base = 297  # 3 MB of headroom: not even two items fit
     kinds = [r.strategy for r in budget.cleanups]
@@ -509,9 +493,7 @@ def test_a_first_batch_that_warms_up_triggers_no_aggressive_cleanup() -> None:
     monitor = monitor_with(reader)
     with memory_budget(300, batch_size=50, monitor=monitor) as budget:
         for i, batch in enumerate(budget.chunks(range(500))):
-            reader.live = len(batch)
-            monitor.probe.note(reader() + (150 * MB if i == 0 else 0))
-            reader.live = 0
+            reader.peak(monitor.probe, len(batch), 150 if i == 0 else 0)
     assert budget.batch_sizes[:2] == [1, 1]  # two items, 152 MB each, do not fit 80% of 200
     assert "aggressive" not in [r.strategy for r in budget.cleanups]
     assert max(budget.batch_sizes) == 50 and budget.processed == 500
@@ -530,9 +512,7 @@ def test_a_cleanup_the_monitor_ran_between_batches_starts_the_floor_again(
     monkeypatch.setattr(BatchSizer, "released", lambda sizer: released.append(1))
     with memory_budget(1000, batch_size=8, monitor=monitor) as budget:
         for i, batch in enumerate(budget.chunks(range(80))):
-            reader.live = len(batch)
-            monitor.probe.note(reader())
-            reader.live = 0
+            reader.peak(monitor.probe, len(batch))
             if i in (3, 6, 8):
                 reader.base = 100 if i == 8 else 140  # 140: what the allocator kept
                 result = monitor.cleanup("aggressive")
@@ -560,9 +540,7 @@ def test_a_cleanup_that_gave_memory_back_starts_the_floor_again(
     monitor.cleaner.register_cache(clear)
     with memory_budget(300, batch_size=64, monitor=monitor) as budget:
         for batch in budget.chunks(range(100)):
-            reader.live = len(batch)
-            monitor.probe.note(reader())
-            reader.live = 0
+            reader.peak(monitor.probe, len(batch))
             reader.base += cache_mb
     assert budget.processed == 100 and budget.cleanups
     gave_back = sum(r.freed_bytes >= MB for r in budget.cleanups)

@@ -12,9 +12,9 @@ import sys
 from pathlib import Path
 
 import pytest
-from budget_helpers import monitor_with
+from budget_helpers import ItemCost, monitor_with
 from fake_trees import v2_tree
-from group_helpers import FakeGroup, ItemCost, busy_v2_group
+from group_helpers import FakeGroup, busy_v2_group
 
 from zerorag_guard import memory_budget, memory_guarded
 from zerorag_guard.budget.scope import HOST_RESERVE, MAX_POLLS
@@ -36,9 +36,7 @@ def run(budget: object, reader: ItemCost, n: int = 3000) -> list[int]:
     handed: list[int] = []
     for batch in budget.chunks(range(n)):  # type: ignore[attr-defined]
         handed.extend(batch)
-        reader.live = len(batch)
-        budget.monitor.probe.note(reader())  # type: ignore[attr-defined]
-        reader.live = 0
+        reader.peak(budget.monitor.probe, len(batch))  # type: ignore[attr-defined]
     return handed
 
 
@@ -223,9 +221,7 @@ def test_a_loop_waits_its_turn_then_takes_the_headroom_released() -> None:
         loop = budget.chunks(range(1000))
         for _ in range(10):  # learn the cost: 2 MB an item
             batch = next(loop)
-            reader.live = len(batch)
-            monitor.probe.note(reader())
-            reader.live = 0
+            reader.peak(monitor.probe, len(batch))
         assert sleeps == []
         ledger.plan(999, lambda turn: 399 * MB)  # another loop holds all but 1 MB
         batch = next(loop)
@@ -261,9 +257,7 @@ def test_a_killed_process_gives_its_headroom_back_to_a_running_loop_within_one_b
             sizes = []
             for batch in loop:
                 sizes.append(len(batch))
-                reader.live = len(batch)
-                monitor.probe.note(reader())
-                reader.live = 0
+                reader.peak(monitor.probe, len(batch))
                 if len(sizes) == 12:
                     holder.send_signal(signal.SIGKILL)
                     holder.wait()
@@ -287,9 +281,7 @@ def test_a_loops_reservation_ends_with_the_loop(end: str) -> None:
     with memory_budget(500, monitor=monitor) as budget:
         try:
             for i, batch in enumerate(budget.chunks(range(100))):
-                reader.live = len(batch)
-                monitor.probe.note(reader())
-                reader.live = 0
+                reader.peak(monitor.probe, len(batch))
                 assert len(group.the_ledger.reservations()) == 1
                 if i == 3 and end == "broken off":
                     break
@@ -334,9 +326,7 @@ def test_the_health_report_shows_the_group_and_who_holds_reservations(tmp_path: 
     monitor = monitor_with(reader, CGROUP_1000, group)
     with memory_budget(batch_size=8, monitor=monitor) as budget:
         for i, batch in enumerate(budget.chunks(range(100))):
-            reader.live = len(batch)
-            monitor.probe.note(reader())
-            reader.live = 0
+            reader.peak(monitor.probe, len(batch))
             if i == 5:
                 during = monitor.get_health_status()["group"]
     after = monitor.get_health_status()["group"]

@@ -5,8 +5,8 @@ before any limit is reached. Injected PSI readings and clock: exact, no timing."
 from __future__ import annotations
 
 import pytest
-from budget_helpers import HOST, Steady
-from group_helpers import FakeGroup, ItemCost
+from budget_helpers import HOST, ItemCost, Steady
+from group_helpers import FakeGroup
 
 from zerorag_guard import ConfigError, GuardConfig, Level, MemoryMonitor, memory_budget
 from zerorag_guard.memory.probes import MemoryProbe
