@@ -485,6 +485,54 @@ def test_a_headroom_too_tight_for_a_batch_triggers_an_aggressive_cleanup(
     assert budget.processed == 2000
 
 
+def test_memory_the_allocator_keeps_and_batches_reuse_triggers_no_trim(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # 200 MB the job holds, 1 MB an item while a batch runs, under a 300 MB ceiling. After every
+    # other batch the allocator keeps all of it (glibc's arenas), after the others none: the
+    # loop starts at 200 MB or at up to 280, over 90% of the ceiling, and a batch reuses what
+    # was kept. The starts' swing shows it reusable, and it does not crowd the 80% of the room
+    # over the floor a batch plans on (280 MB): no trim. A trim hands back what the next batch
+    # faults again and leaves the floor nothing to know it by (the real model at 250 MB over it:
+    # 80 MB trimmed at 90% of the ceiling, 86 MB faulted again by the next batch, and batches of
+    # 4 after it where 7 and 8 had run). Before, one in every other batch: 120 trims here.
+    class Kept:
+        base, kept, live = 200.0, 0.0, 0
+
+        def __call__(self) -> int:
+            return int((self.base + max(self.kept, self.live)) * MB)
+
+    reader = Kept()
+    trims: list[int] = []
+
+    def trim(pad: int) -> int:
+        trims.append(pad)
+        reader.kept = 0.0
+        return 1
+
+    monkeypatch.setattr(cleanup_module, "_malloc_trim", trim)
+    # No cleanup held back by a cool-down or by the GC time it took.
+    monitor = monitor_with(reader, gc_time_budget=1.0, aggressive_cooldown_seconds=0)
+    with memory_budget(300, batch_size=100, monitor=monitor) as budget:
+        for i, batch in enumerate(budget.chunks(range(20_000))):
+            reader.live = len(batch)
+            monitor.probe.note(reader())
+            reader.live = 0
+            reader.kept = float(len(batch)) if i % 2 else 0.0
+    assert trims == [] and "aggressive" not in [r.strategy for r in budget.cleanups]
+    assert budget.processed == 20_000 and budget.peak_mb <= 300
+    assert min(budget.batch_sizes[-11:-1]) >= 79  # 80% of the room over the floor, 1 MB an item
+    # Memory that only stayed (a ratchet, to the floor) shows nothing reusable: over 90% of the
+    # ceiling a trim still runs, which may hand back what glibc keeps.
+    reader.base, reader.kept = 272.0, 0.0
+    with memory_budget(300, batch_size=100, monitor=monitor) as budget:
+        for batch in budget.chunks(range(100)):
+            reader.live = len(batch) // 10
+            monitor.probe.note(reader())
+            reader.live = 0
+    assert trims and "aggressive" in [r.strategy for r in budget.cleanups]
+
+
 def test_a_first_batch_that_warms_up_triggers_no_aggressive_cleanup() -> None:
     # The first batch (one item) also pays 150 MB once, as a model's first call does: read as
     # its cost, two items would not fit the room. Its warm-up tells nothing of the next batches,

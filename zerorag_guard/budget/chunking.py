@@ -97,9 +97,18 @@ class _Loop:
         if len(budget.cleanups) != done:
             reading = checked if own else scope.read()
         alone = reading + scope.headroom(ALONE, reading, ceiling)  # no other loop counted
+        crowded = reading > NEAR_LIMIT * alone
+        floor = sizer.floor(reading)
+        if sizer.warmed and floor < reading:
+            # Memory the allocator keeps that batches were seen to reuse is room, not a reason
+            # to trim until it crowds the share of the room a batch plans on: a trim hands back
+            # what the next batch faults again, and the floor no longer knows it for reusable
+            # (the real model at 250 MB over it: 80 MB trimmed at 90% of the ceiling, 86 MB
+            # faulted again by the next batch, and batches of 4 after it where 7 and 8 ran).
+            crowded = reading > floor + SAFETY * (alone - floor)
         # The first batch's cost, a first call's warm-up in it, says little of the next ones:
         # no reason for an aggressive cleanup (0.57 s with the real model loaded, for 10 MB).
-        tight = reading > NEAR_LIMIT * alone or (
+        tight = crowded or (
             sizer.warmed and SAFETY * (alone - reading) < sizer.need(2 * sizer.min_size, reading)
         )
         if (
