@@ -31,13 +31,15 @@ class Trace:
 
 class ItemCost:
     """An RSS reader for a loop where each item of a batch costs ``cost_mb`` until batch end:
-    ``base_mb`` plus ``cost_mb`` for each live item."""
+    ``base_mb`` plus ``cost_mb`` for each live item, or plus ``kept`` MB when more (memory the
+    allocator kept after a batch, which the next batch reuses)."""
 
     def __init__(self, base_mb: float, cost_mb: float) -> None:
         self.base, self.cost, self.live = base_mb, cost_mb, 0
+        self.kept = 0.0
 
     def __call__(self) -> int:
-        return int((self.base + self.live * self.cost) * MB)
+        return int((self.base + max(self.kept, self.live * self.cost)) * MB)
 
     def peak(self, probe: MemoryProbe, size: int, extra_mb: float = 0.0) -> None:
         """A batch of ``size`` items at its peak (``extra_mb`` more, once), noted on ``probe``;

@@ -496,13 +496,7 @@ def test_memory_the_allocator_keeps_and_batches_reuse_triggers_no_trim(
     # faults again and leaves the floor nothing to know it by (the real model at 250 MB over it:
     # 80 MB trimmed at 90% of the ceiling, 86 MB faulted again by the next batch, and batches of
     # 4 after it where 7 and 8 had run). Before, one in every other batch: 120 trims here.
-    class Kept:
-        base, kept, live = 200.0, 0.0, 0
-
-        def __call__(self) -> int:
-            return int((self.base + max(self.kept, self.live)) * MB)
-
-    reader = Kept()
+    reader = ItemCost(base_mb=200, cost_mb=1)
     trims: list[int] = []
 
     def trim(pad: int) -> int:
@@ -515,21 +509,17 @@ def test_memory_the_allocator_keeps_and_batches_reuse_triggers_no_trim(
     monitor = monitor_with(reader, gc_time_budget=1.0, aggressive_cooldown_seconds=0)
     with memory_budget(300, batch_size=100, monitor=monitor) as budget:
         for i, batch in enumerate(budget.chunks(range(20_000))):
-            reader.live = len(batch)
-            monitor.probe.note(reader())
-            reader.live = 0
+            reader.peak(monitor.probe, len(batch))
             reader.kept = float(len(batch)) if i % 2 else 0.0
     assert trims == [] and "aggressive" not in [r.strategy for r in budget.cleanups]
     assert budget.processed == 20_000 and budget.peak_mb <= 300
     assert min(budget.batch_sizes[-11:-1]) >= 79  # 80% of the room over the floor, 1 MB an item
     # Memory that only stayed (a ratchet, to the floor) shows nothing reusable: over 90% of the
     # ceiling a trim still runs, which may hand back what glibc keeps.
-    reader.base, reader.kept = 272.0, 0.0
+    reader.base, reader.kept, reader.cost = 272.0, 0.0, 0.1
     with memory_budget(300, batch_size=100, monitor=monitor) as budget:
         for batch in budget.chunks(range(100)):
-            reader.live = len(batch) // 10
-            monitor.probe.note(reader())
-            reader.live = 0
+            reader.peak(monitor.probe, len(batch))
     assert trims and "aggressive" in [r.strategy for r in budget.cleanups]
 
 

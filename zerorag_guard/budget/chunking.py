@@ -98,8 +98,7 @@ class _Loop:
             reading = checked if own else scope.read()
         alone = reading + scope.headroom(ALONE, reading, ceiling)  # no other loop counted
         crowded = reading > NEAR_LIMIT * alone
-        floor = sizer.floor(reading)
-        if sizer.warmed and floor < reading:
+        if sizer.warmed and (floor := sizer.floor(reading)) < reading:
             # Memory the allocator keeps that batches were seen to reuse is room, not a reason
             # to trim until it crowds the share of the room a batch plans on: a trim hands back
             # what the next batch faults again, and the floor no longer knows it for reusable
