@@ -248,7 +248,7 @@ def guard_overhead(groups: dict[str, list[Bench]]) -> list[str]:
     if isinstance(share, (int, float)):
         lines += [
             "",
-            f"`memory_budget().chunks()` under a generous budget runs at **{share:.0%}** of the "
+            f"`memory_budget().chunks()` under a generous budget runs at **{share:.1%}** of the "
             "throughput of fixed batches of 100 (`chunks-throughput`, pairs of runs back to "
             "back): its slow start and the per-batch measurement, exact (the kernel's mark) "
             "while it learns and near the limit, sampled far from it.",

@@ -75,6 +75,8 @@ def test_a_claim_the_run_did_not_meet_is_marked(
     out = capsys.readouterr().out
     (printed,) = [ln for ln in out.splitlines() if ln.startswith("claim not met: ")]
     assert unmet in printed
+    # The summary above the table gives the share as measured: 0.899 is not "90%".
+    assert f"runs at **{values[2]:.1%}**" in page
 
 
 def test_a_claim_the_run_did_not_measure_is_marked() -> None:
